@@ -1,0 +1,32 @@
+import { PgClient } from "@effect/sql-pg"
+import { Duration, Option, Redacted } from "effect"
+import type { AppSettings } from "../config/AppConfig.js"
+import { ConfigInvalid } from "../config/AppConfig.js"
+
+export interface DatabaseOptions {
+  readonly url: Redacted.Redacted<string>
+  /** Connections in the pool: the worker needs few (claims and completions are batched). */
+  readonly maxConnections?: number
+  readonly applicationName?: string
+}
+
+/** A PgClient for DATABASE_URL. */
+export const layer = (options: DatabaseOptions) =>
+  PgClient.layer({
+    url: options.url,
+    maxConnections: options.maxConnections ?? 4,
+    idleTimeout: Duration.seconds(30),
+    connectTimeout: Duration.seconds(10),
+    applicationName: options.applicationName ?? "webhook-worker"
+  })
+
+/** DATABASE_URL, or a configuration error naming it. */
+export const requireDatabaseUrl = (settings: AppSettings) =>
+  Option.match(settings.databaseUrl, {
+    onNone: () => new ConfigInvalid({ variable: "DATABASE_URL", reason: "is not set" }),
+    onSome: (url) => url
+  })
+
+/** The connection string with its password hidden, for banners and errors. */
+export const describeUrl = (url: Redacted.Redacted<string>) =>
+  Redacted.value(url).replace(/(\/\/[^:/@]*):[^@]*@/, "$1:***@")

@@ -1,0 +1,92 @@
+import { Cause, Context, FiberRef, FiberRefs, HashMap, Inspectable, Layer, Logger, LogLevel, Option, Tracer } from "effect"
+import type { LogFormat, LogLevelName } from "../config/AppConfig.js"
+
+const RANK: Record<LogLevelName, number> = { DEBUG: 10, INFO: 20, WARN: 30, ERROR: 40 }
+
+const levelName = (level: LogLevel.LogLevel): LogLevelName => {
+  switch (level._tag) {
+    case "All":
+    case "Trace":
+    case "Debug":
+      return "DEBUG"
+    case "Info":
+      return "INFO"
+    case "Warning":
+      return "WARN"
+    default:
+      return "ERROR"
+  }
+}
+
+/** The live log threshold. SIGHUP sets it; every fiber's logger reads it, so no restart is needed. */
+export class LogThreshold {
+  private rank: number
+  constructor(level: LogLevelName) {
+    this.rank = RANK[level]
+  }
+  set(level: LogLevelName) {
+    this.rank = RANK[level]
+  }
+  allows(level: LogLevelName) {
+    return RANK[level] >= this.rank
+  }
+}
+
+export interface LogOutput {
+  readonly write: (line: string) => void
+}
+
+const stdout: LogOutput = { write: (line) => process.stdout.write(line) }
+
+const messageText = (message: unknown): string => {
+  const parts = Array.isArray(message) ? message : [message]
+  return parts.map((part) => (typeof part === "string" ? part : Inspectable.format(part))).join(" ")
+}
+
+const currentSpan = (refs: FiberRefs.FiberRefs): Option.Option<Tracer.AnySpan> =>
+  Context.getOption(FiberRefs.getOrDefault(refs, FiberRef.currentContext), Tracer.ParentSpan)
+
+/**
+ * One JSON object per line (journald-friendly, flat: annotations become top-level fields), or a
+ * readable line for terminals. Includes the trace and span ids when a span is active, and the
+ * cause's message for failures (its stack only at DEBUG).
+ */
+export const makeLogger = (format: LogFormat, threshold: LogThreshold, output: LogOutput = stdout) =>
+  Logger.make(({ annotations, cause, context, date, logLevel, message }) => {
+    const level = levelName(logLevel)
+    if (!threshold.allows(level)) return
+    const record: Record<string, unknown> = { time: date.toISOString(), level, msg: messageText(message) }
+    for (const [key, value] of HashMap.toEntries(annotations)) record[key] = value
+    const span = currentSpan(context)
+    if (Option.isSome(span)) {
+      record.trace_id = span.value.traceId
+      record.span_id = span.value.spanId
+    }
+    if (!Cause.isEmpty(cause)) {
+      record.error = threshold.allows("DEBUG") ? Cause.pretty(cause) : causeMessage(cause)
+    }
+    if (format === "json") {
+      output.write(JSON.stringify(record) + "\n")
+    } else {
+      const { level: _level, msg, time, ...fields } = record
+      const rest = Object.entries(fields).map(([key, value]) => `${key}=${typeof value === "string" ? value : JSON.stringify(value)}`)
+      output.write(`${String(time)} ${level.padEnd(5)} ${String(msg)}${rest.length > 0 ? " " + rest.join(" ") : ""}\n`)
+    }
+  })
+
+/** The first failure's message, one line, without a stack. */
+export const causeMessage = (cause: Cause.Cause<unknown>): string => {
+  const failure = Option.orElse(Cause.failureOption(cause), () => Cause.dieOption(cause))
+  return Option.match(failure, {
+    onNone: () => (Cause.isInterruptedOnly(cause) ? "interrupted" : "unknown failure"),
+    onSome: (error) =>
+      error instanceof Error ? error.message : typeof error === "object" && error !== null && "message" in error ? String(error.message) : String(error)
+  })
+}
+
+/** Replaces the default logger; all levels reach it and `threshold` decides (so SIGHUP can change it). */
+export const layer = (format: LogFormat, threshold: LogThreshold, output?: LogOutput) =>
+  Layer.mergeAll(
+    Logger.replace(Logger.defaultLogger, makeLogger(format, threshold, output)),
+    Logger.minimumLogLevel(LogLevel.All)
+  )

@@ -1,0 +1,255 @@
+import { SqlClient, type SqlError } from "@effect/sql"
+import { Context, Effect, Layer, Schema } from "effect"
+
+/** A row claimed by this worker, with what delivering it needs. */
+export interface ClaimedDelivery {
+  readonly id: string
+  readonly userId: string | null
+  readonly endpointId: string | null
+  /** null when the row has no endpoint; false when the endpoint is disabled. */
+  readonly endpointEnabled: boolean | null
+  readonly url: string | null
+  /** As stored: encrypted (enc:v1:…) or a producer's plaintext. */
+  readonly secret: string | null
+  /** The secret is the row's own (not the endpoint's), so it is re-encrypted in place when needed. */
+  readonly secretFromRow: boolean
+  /** The endpoint's previous secret while its rotation grace window lasts. */
+  readonly previousSecret: string | null
+  readonly eventType: string
+  /** The payload's JSON text exactly as stored. */
+  readonly payload: string
+  readonly createdAtMs: number
+  /** This attempt's number (attempt_count after the claim). */
+  readonly attempt: number
+  readonly maxAttempts: number
+  readonly traceparent: string | null
+  /** Claimed from another worker's expired lease. */
+  readonly reclaimed: boolean
+}
+
+const ClaimRow = Schema.Struct({
+  id: Schema.String,
+  user_id: Schema.NullOr(Schema.String),
+  endpoint_id: Schema.NullOr(Schema.String),
+  endpoint_enabled: Schema.NullOr(Schema.Boolean),
+  url: Schema.NullOr(Schema.String),
+  secret: Schema.NullOr(Schema.String),
+  secret_from_row: Schema.Boolean,
+  previous_secret: Schema.NullOr(Schema.String),
+  event_type: Schema.String,
+  payload: Schema.String,
+  created_at_ms: Schema.Number,
+  attempt: Schema.Number,
+  max_attempts: Schema.Number,
+  traceparent: Schema.NullOr(Schema.String),
+  reclaimed: Schema.Boolean
+})
+const decodeClaimRows = Schema.decodeUnknown(Schema.Array(ClaimRow))
+
+export type CompletionStatus = "delivered" | "failed" | "dead_letter"
+
+/** The recorded result of one attempt. */
+export interface Completion {
+  readonly id: string
+  readonly attempt: number
+  readonly status: CompletionStatus
+  /** For `failed`: how long until the row is due again. */
+  readonly retryDelayMs: number | null
+  readonly responseStatus: number | null
+  readonly error: string | null
+  readonly reason: string
+  readonly responseBody: string | null
+  readonly durationMs: number
+  /** When set, the row's secret column is replaced (plaintext or old-key secrets re-encrypted). */
+  readonly storeSecret: string | null
+  /** Disable this endpoint (a 410 from it). */
+  readonly disableEndpoint: string | null
+}
+
+/** A claimed row given back unattempted (or interrupted at shutdown), due again at once. */
+export interface Release {
+  readonly id: string
+  readonly attempt: number
+  /** The attempt was under way: it stays counted, since the request may have reached the receiver. */
+  readonly started: boolean
+}
+
+/**
+ * Claims due rows in one short statement and commits before any HTTP: the lease is the
+ * `processing` status plus locked_by/locked_until. `next_retry_at` becomes the lease expiry, so a
+ * crashed worker's rows fall due again through the same index and the same claim.
+ */
+const CLAIM_SQL = `
+WITH claimed AS (
+  UPDATE webhook_delivery_queue q
+  SET status = 'processing',
+      locked_by = $1,
+      locked_until = now() + $2 * interval '1 millisecond',
+      next_retry_at = now() + $2 * interval '1 millisecond',
+      attempt_count = q.attempt_count + 1,
+      "updatedAt" = now()
+  FROM (
+    SELECT id, status = 'processing' AS reclaimed FROM webhook_delivery_queue
+    WHERE status IN ('pending', 'failed', 'processing') AND next_retry_at <= now()
+    ORDER BY next_retry_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+  ) due
+  WHERE q.id = due.id
+  RETURNING q.id, q."userId", q.partner_webhook_id, q.url, q.secret, q.event_type, q.payload,
+            q.attempt_count, q.max_attempts, q.traceparent, q."createdAt", due.reclaimed
+)
+SELECT c.id::text AS id,
+       c."userId" AS user_id,
+       c.partner_webhook_id::text AS endpoint_id,
+       p.enabled AS endpoint_enabled,
+       COALESCE(p.url, c.url) AS url,
+       COALESCE(c.secret, p.secret) AS secret,
+       c.secret IS NOT NULL AS secret_from_row,
+       CASE WHEN p.previous_secret_expires_at > now() THEN p.previous_secret END AS previous_secret,
+       c.event_type,
+       c.payload::text AS payload,
+       (extract(epoch FROM c."createdAt") * 1000)::float8 AS created_at_ms,
+       c.attempt_count AS attempt,
+       c.max_attempts,
+       c.traceparent,
+       c.reclaimed
+FROM claimed c
+LEFT JOIN partner_webhooks p ON p.id = c.partner_webhook_id`
+
+/**
+ * Records a batch of outcomes in one statement: the row updates, guarded by lease owner and
+ * attempt number (a worker whose lease expired cannot overwrite a newer attempt), plus one
+ * audit-log row per attempt. Returns the ids whose update held.
+ */
+const completeSql = (audit: boolean) => `
+WITH o AS (
+  SELECT * FROM unnest($2::uuid[], $3::int[], $4::text[], $5::float8[], $6::int[], $7::text[], $8::text[],
+                       $9::text[], $10::float8[], $11::text[])
+    AS o(id, attempt, status, retry_delay_ms, response_status, error, reason, response_body, duration_ms, store_secret)
+), updated AS (
+  UPDATE webhook_delivery_queue q
+  SET status = o.status,
+      last_response_status = o.response_status,
+      last_error = o.error,
+      next_retry_at = CASE WHEN o.status = 'failed'
+                           THEN now() + o.retry_delay_ms * interval '1 millisecond'
+                           ELSE q.next_retry_at END,
+      delivered_at = CASE WHEN o.status = 'delivered' THEN now() ELSE q.delivered_at END,
+      locked_by = NULL,
+      locked_until = NULL,
+      secret = COALESCE(o.store_secret, q.secret),
+      "updatedAt" = now()
+  FROM o
+  WHERE q.id = o.id AND q.locked_by = $1 AND q.attempt_count = o.attempt AND q.status = 'processing'
+  RETURNING q.id
+)${audit ? `, logged AS (
+  INSERT INTO webhook_delivery_log
+    (delivery_id, attempt, outcome, reason, response_status, error, response_body, duration_ms, worker_id)
+  SELECT o.id, o.attempt, o.status, o.reason, o.response_status, o.error, o.response_body, o.duration_ms, $1
+  FROM o JOIN updated u ON u.id = o.id
+)` : ""}
+SELECT id::text AS id FROM updated`
+
+const RELEASE_SQL = `
+UPDATE webhook_delivery_queue q
+SET status = 'pending',
+    next_retry_at = now(),
+    locked_by = NULL,
+    locked_until = NULL,
+    attempt_count = q.attempt_count - CASE WHEN r.started THEN 0 ELSE 1 END,
+    last_error = CASE WHEN r.started THEN 'worker stopped during the attempt; outcome unknown' ELSE q.last_error END,
+    "updatedAt" = now()
+FROM unnest($2::uuid[], $3::int[], $4::bool[]) AS r(id, attempt, started)
+WHERE q.id = r.id AND q.locked_by = $1 AND q.attempt_count = r.attempt AND q.status = 'processing'`
+
+// Only rows due in the future count: a claim that came back short left no unlocked due rows.
+const NEXT_DUE_SQL = `
+SELECT (extract(epoch FROM (min(next_retry_at) - now())) * 1000)::float8 AS in_ms
+FROM webhook_delivery_queue
+WHERE status IN ('pending', 'failed', 'processing') AND next_retry_at > now()`
+
+const DISABLE_ENDPOINTS_SQL = `
+UPDATE partner_webhooks
+SET enabled = false, disabled_reason = $2, disabled_at = now(), "updatedAt" = now()
+WHERE id = ANY($1::uuid[]) AND enabled`
+
+export class DeliveryQueue extends Context.Tag("webhook-worker/DeliveryQueue")<DeliveryQueue, {
+  readonly claim: (workerId: string, limit: number, leaseMs: number) => Effect.Effect<ReadonlyArray<ClaimedDelivery>, SqlError.SqlError>
+  readonly complete: (workerId: string, completions: ReadonlyArray<Completion>, audit: boolean) => Effect.Effect<ReadonlySet<string>, SqlError.SqlError>
+  readonly release: (workerId: string, releases: ReadonlyArray<Release>) => Effect.Effect<void, SqlError.SqlError>
+  /** Milliseconds until the next row falls due (retry or lease expiry), if any. */
+  readonly nextDueInMs: Effect.Effect<number | null, SqlError.SqlError>
+}>() {
+  static readonly layer = Layer.effect(
+    DeliveryQueue,
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      return {
+        claim: (workerId, limit, leaseMs) =>
+          sql.unsafe(CLAIM_SQL, [workerId, leaseMs, limit]).pipe(
+            Effect.flatMap((rows) => decodeClaimRows(rows)),
+            Effect.map((rows) => rows.map(toClaimed)),
+            // A row that does not decode is a schema mismatch, not bad input: surface it loudly.
+            Effect.catchTag("ParseError", (error) => Effect.die(error))
+          ),
+        complete: (workerId, completions, audit) =>
+          completions.length === 0
+            ? Effect.succeed(new Set<string>())
+            : Effect.gen(function*() {
+              const rows = yield* sql.unsafe<{ id: string }>(completeSql(audit), [
+                workerId,
+                completions.map((c) => c.id),
+                completions.map((c) => c.attempt),
+                completions.map((c) => c.status),
+                completions.map((c) => c.retryDelayMs),
+                completions.map((c) => c.responseStatus),
+                completions.map((c) => c.error),
+                completions.map((c) => c.reason),
+                completions.map((c) => c.responseBody),
+                completions.map((c) => c.durationMs),
+                completions.map((c) => c.storeSecret)
+              ])
+              const gone = completions.filter((c) => c.disableEndpoint !== null)
+              if (gone.length > 0) {
+                yield* sql.unsafe(DISABLE_ENDPOINTS_SQL, [
+                  gone.map((c) => c.disableEndpoint),
+                  "HTTP 410 Gone from the receiver"
+                ])
+              }
+              return new Set(rows.map((row) => row.id))
+            }),
+        release: (workerId, releases) =>
+          releases.length === 0
+            ? Effect.void
+            : sql.unsafe(RELEASE_SQL, [
+              workerId,
+              releases.map((r) => r.id),
+              releases.map((r) => r.attempt),
+              releases.map((r) => r.started)
+            ]).pipe(Effect.asVoid),
+        nextDueInMs: sql.unsafe<{ in_ms: number | null }>(NEXT_DUE_SQL).pipe(
+          Effect.map((rows) => rows[0]?.in_ms ?? null)
+        )
+      }
+    })
+  )
+}
+
+const toClaimed = (row: typeof ClaimRow.Type): ClaimedDelivery => ({
+  id: row.id,
+  userId: row.user_id,
+  endpointId: row.endpoint_id,
+  endpointEnabled: row.endpoint_enabled,
+  url: row.url,
+  secret: row.secret,
+  secretFromRow: row.secret_from_row,
+  previousSecret: row.previous_secret,
+  eventType: row.event_type,
+  payload: row.payload,
+  createdAtMs: row.created_at_ms,
+  attempt: row.attempt,
+  maxAttempts: row.max_attempts,
+  traceparent: row.traceparent,
+  reclaimed: row.reclaimed
+})

@@ -1,0 +1,94 @@
+import { type SqlError } from "@effect/sql"
+import { Duration, Effect, Queue, Schedule } from "effect"
+import { type Completion, DeliveryQueue, type Release } from "../queue/DeliveryQueue.js"
+
+export interface CompleterOptions {
+  readonly workerId: string
+  readonly audit: () => boolean
+  /** Called with the completions whose lease had passed to another worker (not recorded). */
+  readonly onLeaseLost: (completions: ReadonlyArray<Completion>) => Effect.Effect<void>
+  /** Called after a batch is recorded. */
+  readonly onRecorded: (completions: ReadonlyArray<Completion>) => Effect.Effect<void>
+}
+
+const MAX_BATCH = 1000
+
+/**
+ * Group commit for attempt results: results accumulate while a write is under way and the next
+ * write takes them all, so under load one statement records hundreds of attempts, and when idle
+ * a result is written at once. A failed write (database restart) is retried with backoff; the
+ * results stay queued meanwhile.
+ */
+export const make = (options: CompleterOptions) =>
+  Effect.gen(function*() {
+    const queue = yield* DeliveryQueue
+    const completions: Array<Completion> = []
+    const releases: Array<Release> = []
+    const work = yield* Queue.sliding<void>(1)
+    const idle = yield* Queue.sliding<void>(1)
+    let writing = false
+
+    const retryWrites = <A>(write: Effect.Effect<A, SqlError.SqlError>) =>
+      write.pipe(
+        Effect.tapError((error) =>
+          Effect.logWarning("Recording delivery results failed; retrying").pipe(
+            Effect.annotateLogs({ error: error.message, pending: completions.length + releases.length })
+          )
+        ),
+        Effect.retry(Schedule.exponential(Duration.millis(100), 2).pipe(Schedule.union(Schedule.spaced(Duration.seconds(5)))))
+      )
+
+    const writePending = Effect.gen(function*() {
+      while (completions.length > 0 || releases.length > 0) {
+        if (releases.length > 0) {
+          const batch = releases.slice(0, MAX_BATCH)
+          yield* retryWrites(queue.release(options.workerId, batch))
+          releases.splice(0, batch.length)
+        }
+        if (completions.length > 0) {
+          const batch = completions.slice(0, MAX_BATCH)
+          const recorded = yield* retryWrites(queue.complete(options.workerId, batch, options.audit()))
+          completions.splice(0, batch.length)
+          if (recorded.size < batch.length) {
+            yield* options.onLeaseLost(batch.filter((c) => !recorded.has(c.id)))
+          }
+          yield* options.onRecorded(batch.filter((c) => recorded.has(c.id)))
+        }
+      }
+    })
+
+    yield* Effect.forkScoped(
+      Effect.forever(
+        Queue.take(work).pipe(
+          Effect.zipRight(Effect.sync(() => { writing = true })),
+          // A batch in the middle of being written is finished even on shutdown.
+          Effect.zipRight(Effect.uninterruptible(writePending)),
+          Effect.ensuring(Effect.sync(() => {
+            writing = false
+            idle.unsafeOffer(undefined)
+          }))
+        )
+      )
+    )
+
+    return {
+      record: (completion: Completion) => {
+        completions.push(completion)
+        work.unsafeOffer(undefined)
+      },
+      release: (release: Release) => {
+        releases.push(release)
+        work.unsafeOffer(undefined)
+      },
+      /** Waits until everything recorded so far is written. */
+      drain: Effect.gen(function*() {
+        while (writing || completions.length > 0 || releases.length > 0) {
+          work.unsafeOffer(undefined)
+          yield* Queue.take(idle)
+        }
+      }),
+      pending: () => completions.length + releases.length
+    }
+  })
+
+export type Completer = Effect.Effect.Success<ReturnType<typeof make>>

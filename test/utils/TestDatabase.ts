@@ -1,0 +1,40 @@
+import { PgClient } from "@effect/sql-pg"
+import { Effect, Layer, Redacted } from "effect"
+import Pg from "pg"
+import { inject } from "vitest"
+import { adminUrl, databaseUrl } from "./urls.js"
+
+const admin = <A>(run: (client: Pg.Client) => Promise<A>) =>
+  Effect.promise(async () => {
+    const client = new Pg.Client({ connectionString: adminUrl() })
+    await client.connect()
+    try {
+      return await run(client)
+    } finally {
+      await client.end()
+    }
+  })
+
+let counter = 0
+
+/** A fresh, migrated database for the scope's lifetime (a copy of the run's template). */
+export const testDatabase = Effect.acquireRelease(
+  Effect.gen(function*() {
+    const name = `ww_t_${process.pid}_${Date.now().toString(36)}_${counter++}`
+    yield* admin((client) => client.query(`CREATE DATABASE ${name} TEMPLATE ${inject("templateDatabase")}`))
+    return { name, url: databaseUrl(name) }
+  }),
+  ({ name }) =>
+    admin(async (client) => {
+      await client.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, [name])
+      await client.query(`DROP DATABASE IF EXISTS ${name}`)
+    })
+)
+
+/** PgClient (and SqlClient) on a fresh test database. */
+export const layerPg = Layer.unwrapScoped(
+  Effect.map(testDatabase, ({ url }) => PgClient.layer({ url: Redacted.make(url), maxConnections: 6 }))
+)
+
+/** The same, also exposing the database URL (for spawning worker processes against it). */
+export class TestDb extends Effect.Service<TestDb>()("test/TestDb", { scoped: testDatabase }) {}

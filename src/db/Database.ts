@@ -1,5 +1,5 @@
 import { PgClient } from "@effect/sql-pg"
-import { Duration, Option, Redacted } from "effect"
+import { Duration, Effect, Option, Redacted } from "effect"
 import type { AppSettings } from "../config/AppConfig.js"
 import { ConfigInvalid } from "../config/AppConfig.js"
 
@@ -23,8 +23,8 @@ export const layer = (options: DatabaseOptions) =>
 /** DATABASE_URL, or a configuration error naming it. */
 export const requireDatabaseUrl = (settings: AppSettings) =>
   Option.match(settings.databaseUrl, {
-    onNone: () => new ConfigInvalid({ variable: "DATABASE_URL", reason: "is not set" }),
-    onSome: (url) => url
+    onNone: () => Effect.fail(new ConfigInvalid({ variable: "DATABASE_URL", reason: "is not set" })),
+    onSome: (url) => Effect.succeed(url)
   })
 
 /** The connection string with its password hidden, for banners and errors. */

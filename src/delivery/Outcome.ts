@@ -153,7 +153,11 @@ export const describe = (outcome: AttemptOutcome): string | null => {
     case "DnsFailed":
       return `DNS lookup of ${outcome.hostname} failed (${outcome.code})`
     case "DestinationBlocked":
-      return `blocked destination: ${outcome.hostname} is ${outcome.address}, a ${outcome.range} address (set WEBHOOK_ALLOW_PRIVATE_NETWORKS=true to allow)`
+      return `blocked destination: ${
+        outcome.hostname === outcome.address || outcome.hostname === `[${outcome.address}]`
+          ? outcome.address
+          : `${outcome.hostname} is ${outcome.address},`
+      } a ${outcome.range} address (set WEBHOOK_ALLOW_PRIVATE_NETWORKS=true to allow)`
     case "InvalidUrl":
       return `invalid URL: ${outcome.reason}`
     case "SecretUndecryptable":

@@ -14,6 +14,8 @@ export class Wakeup extends Context.Tag("webhook-worker/Wakeup")<Wakeup, {
   static readonly polling = Layer.succeed(Wakeup, { subscribe: () => Effect.void })
 }
 
+export const polling = Wakeup.polling
+
 const clientConfig = (config: PgClient.PgClientConfig): Pg.ClientConfig => ({
   ...(config.url ? { connectionString: Redacted.value(config.url) } : {}),
   ...(config.host !== undefined ? { host: config.host } : {}),

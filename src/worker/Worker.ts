@@ -1,4 +1,4 @@
-import { Cause, Clock, Context, Duration, Effect, Either, Fiber, FiberSet, Layer, Option, Queue, Schedule } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Either, Fiber, FiberSet, Layer, Option, Queue, Schedule, Tracer } from "effect"
 import { hostname } from "node:os"
 import { randomBytes } from "node:crypto"
 import { type AppSettings, Settings } from "../config/AppConfig.js"
@@ -35,6 +35,30 @@ export class WorkerIdentity extends Context.Tag("webhook-worker/WorkerIdentity")
   })
   static readonly layer = (instance: number) => Layer.sync(WorkerIdentity, () => WorkerIdentity.make(instance))
 }
+
+/**
+ * Whether deliveries are traced: one root span per attempt (linked to the producer's trace), and
+ * a `traceparent` header naming it sent to the receiver. Off unless a tracer exports spans
+ * (the telemetry layer turns it on), so an untraced worker pays nothing for it.
+ */
+export class TraceDeliveries extends Context.Reference<TraceDeliveries>()("webhook-worker/TraceDeliveries", {
+  defaultValue: () => false
+}) {}
+
+/** A span link to the producer's span, from the traceparent stored at enqueue. */
+export const producerLink = (traceparent: string | null): ReadonlyArray<Tracer.SpanLink> => {
+  if (traceparent === null) return []
+  const match = /^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/.exec(traceparent)
+  if (match === null) return []
+  const [, traceId, spanId, flags] = match as unknown as [string, string, string, string]
+  return [{
+    _tag: "SpanLink",
+    span: Tracer.externalSpan({ traceId, spanId, sampled: (parseInt(flags, 16) & 1) === 1 }),
+    attributes: { "webhook.link": "producer" }
+  }]
+}
+
+const traceparentOf = (span: Tracer.AnySpan) => `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`
 
 /** The request body: the exact bytes that are signed and sent. */
 export const requestBody = (row: Pick<ClaimedDelivery, "eventType" | "createdAtMs" | "payload">): string =>
@@ -83,6 +107,7 @@ export const run = Effect.gen(function*() {
   const wakeup = yield* Wakeup
   const metrics = yield* Metrics
   const { instance, workerId } = yield* WorkerIdentity
+  const tracing = yield* TraceDeliveries
 
   const wake = yield* Queue.sliding<void>(1)
   const capacity = yield* Queue.sliding<void>(1)
@@ -122,22 +147,28 @@ export const run = Effect.gen(function*() {
       } else {
         const body = requestBody(row)
         const timestamp = Math.floor((yield* Clock.currentTimeMillis) / 1000)
+        const headers: Record<string, string> = {
+          "webhook-id": row.id,
+          "webhook-timestamp": String(timestamp),
+          "webhook-signature": signatureHeader(prepared.right.secrets, row.id, timestamp, body),
+          "user-agent": userAgent
+        }
+        if (tracing) {
+          const span = yield* Effect.currentSpan.pipe(Effect.option)
+          if (Option.isSome(span)) headers.traceparent = traceparentOf(span.value)
+        }
         reply = yield* http.send({
           url: prepared.right.url,
           body,
           timeoutMs: s.deliveryTimeoutMs,
           allowPrivateNetworks: s.allowPrivateNetworks,
-          headers: {
-            "webhook-id": row.id,
-            "webhook-timestamp": String(timestamp),
-            "webhook-signature": signatureHeader(prepared.right.secrets, row.id, timestamp, body),
-            "user-agent": userAgent
-          }
+          headers
         })
       }
       const durationMs = performance.now() - started
       yield* record(row, reply, durationMs, Either.isRight(prepared) ? prepared.right.storeSecret : null, s)
     }).pipe(
+      (attempt) => (tracing ? traced(row, attempt) : attempt),
       Effect.catchAllDefect((defect) =>
         record(
           row,
@@ -170,6 +201,7 @@ export const run = Effect.gen(function*() {
       }
       completer.record(completion)
       observe(metrics, row, completion)
+      if (tracing) yield* Effect.annotateCurrentSpan(spanResultAttributes(completion))
       yield* Effect.logInfo("Delivering webhook").pipe(
         Effect.annotateLogs(attemptLogFields(row, completion))
       )
@@ -273,6 +305,29 @@ export const run = Effect.gen(function*() {
   Effect.annotateLogs({ service: "worker" }),
   Effect.withLogSpan("worker")
 )
+
+/** One root span per attempt, linked to the producer's span when the row carries its traceparent. */
+const traced = <A, E, R>(row: ClaimedDelivery, attempt: Effect.Effect<A, E, R>) =>
+  Effect.withSpan(attempt, "webhook.deliver", {
+    root: true,
+    kind: "producer",
+    links: producerLink(row.traceparent),
+    attributes: {
+      "webhook.id": row.id,
+      "webhook.event_type": row.eventType,
+      "webhook.attempt": row.attempt,
+      "webhook.max_attempts": row.maxAttempts,
+      "webhook.endpoint_id": row.endpointId ?? undefined,
+      "server.address": destinationHost(row.url) ?? undefined
+    }
+  })
+
+const spanResultAttributes = (completion: Completion): Record<string, unknown> => ({
+  "webhook.outcome": completion.status,
+  "webhook.reason": completion.reason,
+  "http.response.status_code": completion.responseStatus ?? undefined,
+  "webhook.next_retry_in_ms": completion.retryDelayMs ?? undefined
+})
 
 const attemptLogFields = (row: ClaimedDelivery, completion: Completion) => {
   const fields: Record<string, unknown> = {

@@ -1,0 +1,270 @@
+import { Args, Command, HelpDoc, Options, ValidationError } from "@effect/cli"
+import { Console, Effect, Either, Layer, Option } from "effect"
+import { type AppSettings, loadFromEnvironment, requireEncryptionKey } from "../config/AppConfig.js"
+import * as LiveSettings from "../config/LiveSettings.js"
+import { generateEncryptionKey, keyringOf } from "../crypto/Keyring.js"
+import { databaseFor } from "../db/Connect.js"
+import { ensureMigrated, migrate, readMigrations } from "../db/Migrator.js"
+import * as DeliveryHttp from "../http/DeliveryHttp.js"
+import * as Log from "../observability/Log.js"
+import * as Metrics from "../observability/Metrics.js"
+import { version } from "../PackageInfo.js"
+import { DeliveryQueue } from "../queue/DeliveryQueue.js"
+import { type Destination, insertRows, toRow } from "../queue/Enqueue.js"
+import { listDeadLetters, queueStats, retryAllDeadLetters, retryDeadLetters } from "../queue/Operations.js"
+import * as Wakeup from "../worker/Wakeup.js"
+import * as Worker from "../worker/Worker.js"
+import { formatTable, printJson, printTable, UsageError } from "./Output.js"
+
+// == shared options
+
+const envFile = Options.file("env-file", { exists: "either" }).pipe(
+  Options.withDescription("Read variables from this file (KEY=value lines); they override the environment"),
+  Options.optional
+)
+const json = Options.boolean("json").pipe(Options.withDescription("Print one JSON document"))
+
+/** A numeric option whose error names the flag (the stock integer option's message does not). */
+const numberOption = (name: string, kind: { integer: boolean; min: number }) =>
+  Options.text(name).pipe(
+    Options.withPseudoName(kind.integer ? "integer" : "number"),
+    Options.mapEffect((raw) => {
+      const value = Number(raw)
+      const ok = raw.trim() !== "" && Number.isFinite(value) && (!kind.integer || Number.isInteger(value)) && value >= kind.min
+      return ok
+        ? Effect.succeed(value)
+        : Effect.fail(ValidationError.invalidValue(HelpDoc.p(
+          `--${name}: expected ${kind.integer ? "an integer" : "a number"} of at least ${kind.min}, got "${raw}"`
+        )))
+    })
+  )
+
+const settingsFrom = (file: Option.Option<string>) => loadFromEnvironment(file)
+
+/** Runs `effect` with a database client (see db/Connect.ts for which database). */
+export const withDatabase = <A, E, R>(settings: AppSettings, effect: Effect.Effect<A, E, R>) =>
+  Effect.flatMap(databaseFor(settings, "command"), (database) => effect.pipe(Effect.provide(database.layer)))
+
+// == migrate
+
+const migrateCommand = Command.make("migrate", { envFile }, ({ envFile }) =>
+  Effect.gen(function*() {
+    const settings = yield* settingsFrom(envFile)
+    const applied = yield* withDatabase(settings, Effect.flatMap(readMigrations(), migrate))
+    yield* Console.log(applied.length === 0 ? "Database schema is up to date." : `Applied ${applied.join(", ")}.`)
+  })).pipe(Command.withDescription("Apply migrations/*.sql in order, once each (safe to run twice, or from two hosts at once)"))
+
+// == run
+
+const instance = numberOption("instance", { integer: true, min: 1 }).pipe(
+  Options.withDescription("Instance number (systemd %i): names the worker and offsets METRICS_PORT by N-1"),
+  Options.withDefault(1)
+)
+
+export { settingsFrom }
+
+export const runWorker = (instanceNumber: number, file: Option.Option<string>) =>
+  Effect.gen(function*() {
+    const settings = yield* settingsFrom(file)
+    yield* requireEncryptionKey(settings)
+    const database = yield* databaseFor(settings, "worker")
+    const threshold = new Log.LogThreshold(settings.logLevel)
+    const live = LiveSettings.layer(settings, settingsFrom(file), (next) => threshold.set(next.logLevel))
+    const metrics = Metrics.layer({ tenantLabels: settings.metricsTenantLabels, processMetrics: true })
+    const migrated = Layer.effectDiscard(
+      ensureMigrated.pipe(
+        Effect.tap((applied) => (applied.length > 0 ? Effect.logInfo("Applied migrations").pipe(Effect.annotateLogs({ applied: applied.join(",") })) : Effect.void))
+      )
+    )
+    const app = Worker.layer.pipe(
+      Layer.provide(Layer.mergeAll(
+        DeliveryQueue.layer,
+        DeliveryHttp.layer({ tracing: false }),
+        database.notifications ? Wakeup.layerListen : Wakeup.polling,
+        metrics,
+        Worker.WorkerIdentity.layer(instanceNumber),
+        live
+      )),
+      Layer.provide(migrated),
+      Layer.provide(database.layer)
+    )
+    yield* Effect.logInfo("Starting webhook-worker").pipe(
+      Effect.annotateLogs({ version, instance: instanceNumber, database: database.description })
+    )
+    return yield* Layer.launch(app)
+  }).pipe((effect) =>
+    Effect.flatMap(settingsFrom(file).pipe(Effect.option), (settings) => {
+      const format = Option.match(settings, { onNone: () => "json" as const, onSome: (s) => s.logFormat })
+      const level = Option.match(settings, { onNone: () => "INFO" as const, onSome: (s) => s.logLevel })
+      return Effect.provide(effect, Log.layer(format, new Log.LogThreshold(level)))
+    })
+  )
+
+const runCommand = Command.make("run", { instance, envFile }, ({ envFile, instance }) => runWorker(instance, envFile)).pipe(
+  Command.withDescription("Run the worker until SIGTERM/SIGINT; SIGHUP re-reads the env file")
+)
+
+// == enqueue
+
+const enqueueCommand = Command.make("enqueue", {
+  url: Options.text("url").pipe(Options.withDescription("Destination URL (with --secret)"), Options.optional),
+  secret: Options.text("secret").pipe(Options.withDescription("Signing secret: whsec_<base64> or any text"), Options.optional),
+  endpoint: Options.text("endpoint").pipe(Options.withDescription("Registered endpoint id (instead of --url/--secret)"), Options.optional),
+  eventType: Options.text("event-type").pipe(Options.withDescription("Event type, e.g. order.created")),
+  payload: Options.text("payload").pipe(Options.withDescription("The event's data, as JSON")),
+  userId: Options.text("user-id").pipe(Options.optional),
+  idempotencyKey: Options.text("idempotency-key").pipe(
+    Options.withDescription("At most one delivery per destination and key; a repeat prints the first id"),
+    Options.optional
+  ),
+  maxAttempts: numberOption("max-attempts", { integer: true, min: 1 }).pipe(Options.withDescription("Default: WEBHOOK_MAX_ATTEMPTS"), Options.optional),
+  delay: numberOption("delay", { integer: false, min: 0 }).pipe(Options.withDescription("Seconds to wait before the first attempt"), Options.optional),
+  json,
+  envFile
+}, (args) =>
+  Effect.gen(function*() {
+    const destination: Destination = yield* Option.match(args.endpoint, {
+      onSome: (endpointId) =>
+        Option.isSome(args.url) || Option.isSome(args.secret)
+          ? Effect.fail(new UsageError({ flag: "--endpoint", reason: "cannot be combined with --url or --secret" }))
+          : Effect.succeed({ endpointId }),
+      onNone: () =>
+        Option.isNone(args.url)
+          ? Effect.fail(new UsageError({ flag: "--url", reason: "is required (or give --endpoint)" }))
+          : Option.isNone(args.secret)
+          ? Effect.fail(new UsageError({ flag: "--secret", reason: "is required with --url" }))
+          : Effect.succeed({ url: args.url.value, secret: args.secret.value })
+    })
+    let payload: unknown
+    try {
+      JSON.parse(args.payload)
+      payload = { json: args.payload }
+    } catch (error) {
+      return yield* new UsageError({ flag: "--payload", reason: `not valid JSON: ${(error as Error).message}` })
+    }
+    const settings = yield* settingsFrom(args.envFile)
+    yield* requireEncryptionKey(settings)
+    const keyring = Option.getOrThrow(keyringOf(settings))
+    const row = toRow({
+      destination,
+      eventType: args.eventType,
+      payload,
+      userId: Option.getOrUndefined(args.userId),
+      idempotencyKey: Option.getOrUndefined(args.idempotencyKey),
+      maxAttempts: Option.getOrUndefined(args.maxAttempts),
+      deliverAfter: Option.getOrUndefined(Option.map(args.delay, (seconds) => seconds * 1000))
+    }, keyring, settings.defaultMaxAttempts)
+    if (Either.isLeft(row)) return yield* new UsageError({ flag: flagOf(row.left.field), reason: row.left.reason })
+    const [enqueued] = yield* withDatabase(settings, insertRows([row.right]))
+    if (args.json) yield* printJson(enqueued)
+    else yield* Console.log(enqueued!.duplicate ? `${enqueued!.id} (already queued with this idempotency key)` : enqueued!.id)
+  })).pipe(Command.withDescription("Queue one delivery and print its id"))
+
+const flagOf = (field: string) =>
+  ({
+    eventType: "--event-type",
+    maxAttempts: "--max-attempts",
+    idempotencyKey: "--idempotency-key",
+    deliverAfter: "--delay",
+    url: "--url",
+    secret: "--secret",
+    payload: "--payload",
+    endpoint: "--endpoint",
+    traceparent: "traceparent"
+  } as Record<string, string>)[field] ?? field
+
+// == stats
+
+const statsCommand = Command.make("stats", { json, envFile }, ({ envFile, json }) =>
+  Effect.gen(function*() {
+    const settings = yield* settingsFrom(envFile)
+    const rows = yield* withDatabase(settings, queueStats)
+    if (json) return yield* printJson(rows)
+    if (rows.length === 0) return yield* Console.log("The queue is empty.")
+    yield* printTable(["status", "count", "oldest_pending", "avg_attempts"], rows.map((row) => ({
+      ...row,
+      avg_attempts: row.avg_attempts?.toFixed(2)
+    })))
+  })).pipe(Command.withDescription("Queue statistics (get_webhook_queue_stats())"))
+
+// == dlq
+
+const dlqList = Command.make("list", {
+  json,
+  limit: numberOption("limit", { integer: true, min: 1 }).pipe(Options.withDefault(50), Options.withDescription("Rows to show (newest first)")),
+  envFile
+}, ({ envFile, json, limit }) =>
+  Effect.gen(function*() {
+    const settings = yield* settingsFrom(envFile)
+    const rows = yield* withDatabase(settings, listDeadLetters(limit))
+    if (json) return yield* printJson(rows)
+    if (rows.length === 0) return yield* Console.log("No dead letters.")
+    yield* printTable(
+      ["id", "event_type", "attempt_count", "last_response_status", "dead_lettered_at", "last_error"],
+      rows.map((row) => ({ ...row, last_error: row.last_error?.slice(0, 100) }))
+    )
+  })).pipe(Command.withDescription("Dead-lettered deliveries, newest first"))
+
+const dlqRetry = Command.make("retry", {
+  ids: Args.text({ name: "id" }).pipe(Args.repeated),
+  all: Options.boolean("all").pipe(Options.withDescription("Every dead letter matching the filters")),
+  eventType: Options.text("event-type").pipe(Options.optional),
+  since: Options.text("since").pipe(Options.withDescription("Only those dead-lettered at or after this ISO time"), Options.optional),
+  endpoint: Options.text("endpoint").pipe(Options.optional),
+  envFile
+}, (args) =>
+  Effect.gen(function*() {
+    const filtered = Option.isSome(args.eventType) || Option.isSome(args.since) || Option.isSome(args.endpoint)
+    if (args.all && args.ids.length > 0) return yield* new UsageError({ flag: "--all", reason: "cannot be combined with ids" })
+    if (!args.all && args.ids.length === 0) return yield* new UsageError({ flag: "id", reason: "give one or more ids, or --all" })
+    if (!args.all && filtered) return yield* new UsageError({ flag: "--event-type/--since/--endpoint", reason: "only apply with --all" })
+    const bad = args.ids.find((id) => !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id))
+    if (bad !== undefined) return yield* new UsageError({ flag: "id", reason: `"${bad}" is not a delivery id (a UUID)` })
+    const since = Option.getOrUndefined(args.since)
+    const sinceDate = since === undefined ? undefined : new Date(since)
+    if (sinceDate !== undefined && Number.isNaN(sinceDate.getTime())) {
+      return yield* new UsageError({ flag: "--since", reason: `"${since}" is not an ISO-8601 time` })
+    }
+    const endpoint = Option.getOrUndefined(args.endpoint)
+    if (endpoint !== undefined && !/^[0-9a-f-]{36}$/i.test(endpoint)) {
+      return yield* new UsageError({ flag: "--endpoint", reason: `"${endpoint}" is not an endpoint id (a UUID)` })
+    }
+    const settings = yield* settingsFrom(args.envFile)
+    if (args.all) {
+      const interactive = process.stderr.isTTY === true
+      const total = yield* withDatabase(settings, retryAllDeadLetters(
+        { eventType: Option.getOrUndefined(args.eventType), since: sinceDate, endpointId: endpoint },
+        (done) => (interactive ? Effect.sync(() => process.stderr.write(`\rrequeued ${done}`)) : Effect.void)
+      ))
+      if (interactive) process.stderr.write("\n")
+      return yield* Console.log(`Requeued ${total} dead letter${total === 1 ? "" : "s"}.`)
+    }
+    const requeued = yield* withDatabase(settings, retryDeadLetters(args.ids))
+    const missing = args.ids.filter((id) => !requeued.includes(id.toLowerCase()))
+    yield* Console.log(`Requeued ${requeued.length} dead letter${requeued.length === 1 ? "" : "s"}.`)
+    if (missing.length > 0) {
+      yield* Console.error(`Not dead letters (unknown or not dead-lettered): ${missing.join(", ")}`)
+      process.exitCode = 1
+    }
+  })).pipe(Command.withDescription("Put dead letters back to pending with a fresh attempt budget"))
+
+const dlqCommand = Command.make("dlq").pipe(
+  Command.withDescription("Dead letter queue"),
+  Command.withSubcommands([dlqList, dlqRetry])
+)
+
+// == keygen
+
+const keygenCommand = Command.make("keygen", {}, () => Console.log(generateEncryptionKey())).pipe(
+  Command.withDescription("Print a new base64 32-byte encryption key (for WEBHOOK_SECRET_ENCRYPTION_KEY)")
+)
+
+export const root = Command.make("webhook-worker").pipe(
+  Command.withDescription("Webhook delivery worker with its queue in PostgreSQL"),
+  Command.withSubcommands([migrateCommand, runCommand, enqueueCommand, statsCommand, dlqCommand, keygenCommand])
+)
+
+export const cli = Command.run(root, { name: "webhook-worker", version })
+
+/** Exposed for tests: the table layout `stats` and `dlq list` print. */
+export { formatTable }

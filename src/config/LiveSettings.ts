@@ -1,0 +1,62 @@
+import { Effect, Equal, Layer, Option, Redacted, Ref, Runtime } from "effect"
+import { type AppSettings, type ConfigInvalid, restartOnlySettings, Settings } from "./AppConfig.js"
+
+const comparable = (value: unknown): unknown => {
+  if (Redacted.isRedacted(value)) return `redacted:${String(Redacted.value(value))}`
+  if (Option.isOption(value)) return Option.match(value, { onNone: () => null, onSome: comparable })
+  if (Array.isArray(value)) return value.map(comparable)
+  return value
+}
+
+/** The names of settings whose values differ. */
+export const changedSettings = (before: AppSettings, after: AppSettings): ReadonlyArray<keyof AppSettings> =>
+  (Object.keys(after) as Array<keyof AppSettings>).filter((key) =>
+    !Equal.equals(JSON.stringify(comparable(before[key])), JSON.stringify(comparable(after[key])))
+  )
+
+/**
+ * Settings that SIGHUP re-reads: the worker reads them at each step, so batch size, poll
+ * interval, concurrency, timeouts, retry policy, log level and the encryption keys change
+ * without dropping in-flight work. A bad file keeps the running settings and logs why.
+ */
+export const layer = (
+  initial: AppSettings,
+  reload: Effect.Effect<AppSettings, ConfigInvalid>,
+  onChange: (next: AppSettings) => void
+) =>
+  Layer.scoped(
+    Settings,
+    Effect.gen(function*() {
+      const ref = yield* Ref.make(initial)
+      const runtime = yield* Effect.runtime<never>()
+      const reloadOnce = Effect.gen(function*() {
+        const next = yield* reload
+        const before = yield* Ref.get(ref)
+        const changed = changedSettings(before, next)
+        const needRestart = changed.filter((key) => restartOnlySettings.includes(key))
+        // Restart-only settings keep their running values so the process stays consistent.
+        const applied: AppSettings = { ...next, ...Object.fromEntries(needRestart.map((key) => [key, before[key]])) }
+        yield* Ref.set(ref, applied)
+        onChange(applied)
+        yield* Effect.logInfo("Configuration reloaded").pipe(
+          Effect.annotateLogs({ changed: changed.filter((key) => !needRestart.includes(key)).join(",") })
+        )
+        if (needRestart.length > 0) {
+          yield* Effect.logWarning("Some changed settings apply only after a restart").pipe(
+            Effect.annotateLogs({ restart_needed_for: needRestart.join(",") })
+          )
+        }
+      }).pipe(
+        Effect.catchTag("ConfigInvalid", (error) =>
+          Effect.logError("Reload failed; keeping the running configuration").pipe(
+            Effect.annotateLogs({ error: error.message })
+          ))
+      )
+      const onHangup = () => {
+        Runtime.runFork(runtime)(reloadOnce)
+      }
+      process.on("SIGHUP", onHangup)
+      yield* Effect.addFinalizer(() => Effect.sync(() => process.off("SIGHUP", onHangup)))
+      return { get: Ref.get(ref) }
+    })
+  )

@@ -1,0 +1,284 @@
+import { SqlClient, type SqlError } from "@effect/sql"
+import { Data, Duration, Effect, Either, Option } from "effect"
+import { randomBytes } from "node:crypto"
+import type { Keyring } from "../crypto/Keyring.js"
+
+/** Where a delivery goes: a URL with its signing secret, or a registered endpoint. */
+export type Destination =
+  | { readonly url: string; readonly secret: string }
+  | { readonly endpointId: string }
+
+export interface EnqueueRequest {
+  readonly destination: Destination
+  readonly eventType: string
+  /** Any JSON value; or `{ json: text }` to send pre-serialised JSON text as is. */
+  readonly payload: unknown
+  readonly userId?: string | undefined
+  /** At most one delivery per (destination, key): a repeat returns the first delivery's id. */
+  readonly idempotencyKey?: string | undefined
+  readonly maxAttempts?: number | undefined
+  /** Not before this time (a delay or an absolute time). */
+  readonly deliverAfter?: Duration.DurationInput | Date | undefined
+  /** W3C traceparent of the producer's span; the delivery spans link to it. */
+  readonly traceparent?: string | undefined
+}
+
+export interface Enqueued {
+  readonly id: string
+  /** True when the idempotency key matched an existing delivery, whose id this is. */
+  readonly duplicate: boolean
+}
+
+/** A request that cannot be queued; `field` names the culprit. */
+export class InvalidEnqueueRequest extends Data.TaggedError("InvalidEnqueueRequest")<{
+  readonly field: string
+  readonly reason: string
+}> {
+  override get message() {
+    return `${this.field}: ${this.reason}`
+  }
+}
+
+export class EndpointNotFound extends Data.TaggedError("EndpointNotFound")<{ readonly endpointId: string }> {
+  override get message() {
+    return `endpoint ${this.endpointId} does not exist`
+  }
+}
+
+export class EndpointIsDisabled extends Data.TaggedError("EndpointIsDisabled")<{
+  readonly endpointId: string
+  readonly reason: string | null
+}> {
+  override get message() {
+    return `endpoint ${this.endpointId} is disabled${this.reason ? ` (${this.reason})` : ""}`
+  }
+}
+
+export class EventTypeNotSubscribed extends Data.TaggedError("EventTypeNotSubscribed")<{
+  readonly endpointId: string
+  readonly eventType: string
+  readonly subscribed: ReadonlyArray<string>
+}> {
+  override get message() {
+    return `endpoint ${this.endpointId} does not subscribe to ${this.eventType} (it takes ${this.subscribed.join(", ")})`
+  }
+}
+
+export type EnqueueError = InvalidEnqueueRequest | EndpointNotFound | EndpointIsDisabled | EventTypeNotSubscribed
+
+/**
+ * A UUIDv7: time-ordered, so new rows land at the right edge of the primary-key index instead of
+ * on random pages.
+ */
+export const uuidv7 = (nowMs = Date.now()): string => {
+  const bytes = randomBytes(16)
+  bytes.writeUIntBE(nowMs, 0, 6)
+  bytes[6] = (bytes[6]! & 0x0f) | 0x70
+  bytes[8] = (bytes[8]! & 0x3f) | 0x80
+  const hex = bytes.toString("hex")
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+
+const invalid = (field: string, reason: string) => Either.left(new InvalidEnqueueRequest({ field, reason }))
+
+/** The payload as JSON text. */
+export const payloadText = (payload: unknown): Either.Either<string, InvalidEnqueueRequest> => {
+  if (payload !== null && typeof payload === "object" && "json" in payload && Object.keys(payload).length === 1) {
+    const text = (payload as { json: unknown }).json
+    if (typeof text !== "string") return invalid("payload", "json must be a string of JSON text")
+    try {
+      JSON.parse(text)
+    } catch (error) {
+      return invalid("payload", `not valid JSON: ${(error as Error).message}`)
+    }
+    return Either.right(text)
+  }
+  let text: string | undefined
+  try {
+    text = JSON.stringify(payload)
+  } catch (error) {
+    return invalid("payload", `cannot be serialised as JSON: ${(error as Error).message}`)
+  }
+  return text === undefined ? invalid("payload", "must be a JSON value (got undefined)") : Either.right(text)
+}
+
+/** Checks a URL's form at enqueue time; whether its address may be reached is decided at delivery. */
+export const validateUrl = (raw: string): Either.Either<string, InvalidEnqueueRequest> => {
+  let url: URL
+  try {
+    url = new URL(raw)
+  } catch {
+    return invalid("url", `"${raw.slice(0, 100)}" is not a valid URL`)
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") return invalid("url", `scheme must be http or https, got ${url.protocol.slice(0, -1)}`)
+  return Either.right(raw)
+}
+
+/** A secret is a `whsec_` base64 key (Standard Webhooks) or any other non-empty text, used as its bytes. */
+export const validateSecret = (secret: string): Either.Either<string, InvalidEnqueueRequest> => {
+  if (secret === "") return invalid("secret", "must not be empty")
+  if (secret.startsWith("whsec_")) {
+    const body = secret.slice(6)
+    if (!/^[A-Za-z0-9+/]+={0,2}$/.test(body) || Buffer.from(body, "base64").length < 1) {
+      return invalid("secret", "a whsec_ secret must be whsec_ followed by base64")
+    }
+  }
+  return Either.right(secret)
+}
+
+interface Row {
+  readonly id: string
+  readonly userId: string | null
+  readonly endpointId: string | null
+  readonly url: string | null
+  readonly secret: string | null
+  readonly eventType: string
+  readonly payload: string
+  readonly maxAttempts: number
+  readonly delayMs: number
+  readonly notBefore: Date | null
+  readonly idempotencyKey: string | null
+  readonly traceparent: string | null
+}
+
+/** Validates a request and turns it into the row to insert (secret encrypted). */
+export const toRow = (
+  request: EnqueueRequest,
+  keyring: Keyring,
+  defaultMaxAttempts: number
+): Either.Either<Row, InvalidEnqueueRequest> =>
+  Either.gen(function*() {
+    if (typeof request.eventType !== "string" || !/^[^\s\u0000-\u001f]{1,200}$/.test(request.eventType)) {
+      return yield* invalid("eventType", "must be 1 to 200 characters without spaces or control characters")
+    }
+    const payload = yield* payloadText(request.payload)
+    const maxAttempts = request.maxAttempts ?? defaultMaxAttempts
+    if (!Number.isInteger(maxAttempts) || maxAttempts < 1 || maxAttempts > 1000) {
+      return yield* invalid("maxAttempts", `must be an integer from 1 to 1000, got ${maxAttempts}`)
+    }
+    if (request.idempotencyKey !== undefined && (request.idempotencyKey === "" || request.idempotencyKey.length > 255)) {
+      return yield* invalid("idempotencyKey", "must be 1 to 255 characters")
+    }
+    if (request.traceparent !== undefined && !/^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/.test(request.traceparent)) {
+      return yield* invalid("traceparent", "must be a W3C traceparent (00-<trace id>-<span id>-<flags>)")
+    }
+    let delayMs = 0
+    let notBefore: Date | null = null
+    if (request.deliverAfter instanceof Date) {
+      if (Number.isNaN(request.deliverAfter.getTime())) return yield* invalid("deliverAfter", "is an invalid date")
+      notBefore = request.deliverAfter
+    } else if (request.deliverAfter !== undefined) {
+      const duration = Duration.decodeUnknown(request.deliverAfter)
+      if (Option.isNone(duration)) return yield* invalid("deliverAfter", "must be a duration or a Date")
+      delayMs = Duration.toMillis(duration.value)
+    }
+    const base = {
+      id: uuidv7(),
+      userId: request.userId ?? null,
+      eventType: request.eventType,
+      payload,
+      maxAttempts,
+      delayMs,
+      notBefore,
+      idempotencyKey: request.idempotencyKey ?? null,
+      traceparent: request.traceparent ?? null
+    }
+    const destination = request.destination
+    if ("endpointId" in destination) {
+      if (!UUID.test(destination.endpointId)) return yield* invalid("endpoint", `"${destination.endpointId}" is not an endpoint id (a UUID)`)
+      return { ...base, endpointId: destination.endpointId, url: null, secret: null }
+    }
+    const url = yield* validateUrl(destination.url)
+    const secret = yield* validateSecret(destination.secret)
+    return { ...base, endpointId: null, url, secret: keyring.encrypt(secret) }
+  })
+
+const INSERT_SQL = `
+WITH ins AS (
+  INSERT INTO webhook_delivery_queue
+    (id, "userId", partner_webhook_id, url, secret, event_type, payload, max_attempts, next_retry_at, idempotency_key, traceparent)
+  SELECT r.id, r.user_id, r.endpoint_id, r.url, r.secret, r.event_type, r.payload::json, r.max_attempts,
+         COALESCE(r.not_before, now() + r.delay_ms * interval '1 millisecond'), r.idempotency_key, r.traceparent
+  FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[],
+              $9::float8[], $10::timestamptz[], $11::text[], $12::text[])
+    AS r(id, user_id, endpoint_id, url, secret, event_type, payload, max_attempts, delay_ms, not_before, idempotency_key, traceparent)
+  ON CONFLICT ((COALESCE(partner_webhook_id::text, url)), idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+  RETURNING id
+)
+SELECT id::text AS id FROM ins`
+
+const EXISTING_SQL = `
+SELECT COALESCE(partner_webhook_id::text, url) AS destination, idempotency_key, id::text AS id
+FROM webhook_delivery_queue
+WHERE (COALESCE(partner_webhook_id::text, url), idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))`
+
+const ENDPOINTS_SQL = `
+SELECT id::text AS id, enabled, disabled_reason, event_types
+FROM partner_webhooks WHERE id = ANY($1::uuid[])`
+
+/**
+ * Inserts validated rows with one statement (on whatever SqlClient is in scope, so inside the
+ * caller's transaction when there is one). Endpoint rows are checked against their endpoint:
+ * it must exist, be enabled, and subscribe to the event type.
+ */
+export const insertRows = (rows: ReadonlyArray<Row>) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    if (rows.length === 0) return [] as ReadonlyArray<Enqueued>
+    const endpointIds = [...new Set(rows.flatMap((row) => (row.endpointId === null ? [] : [row.endpointId])))]
+    if (endpointIds.length > 0) {
+      const endpoints = yield* sql.unsafe<{ id: string; enabled: boolean; disabled_reason: string | null; event_types: ReadonlyArray<string> | null }>(
+        ENDPOINTS_SQL,
+        [endpointIds]
+      )
+      const byId = new Map(endpoints.map((endpoint) => [endpoint.id, endpoint]))
+      for (const row of rows) {
+        if (row.endpointId === null) continue
+        const endpoint = byId.get(row.endpointId)
+        if (endpoint === undefined) return yield* new EndpointNotFound({ endpointId: row.endpointId })
+        if (!endpoint.enabled) return yield* new EndpointIsDisabled({ endpointId: row.endpointId, reason: endpoint.disabled_reason })
+        if (endpoint.event_types !== null && !endpoint.event_types.includes(row.eventType)) {
+          return yield* new EventTypeNotSubscribed({ endpointId: row.endpointId, eventType: row.eventType, subscribed: endpoint.event_types })
+        }
+      }
+    }
+    const inserted = yield* sql.unsafe<{ id: string }>(INSERT_SQL, [
+      rows.map((r) => r.id),
+      rows.map((r) => r.userId),
+      rows.map((r) => r.endpointId),
+      rows.map((r) => r.url),
+      rows.map((r) => r.secret),
+      rows.map((r) => r.eventType),
+      rows.map((r) => r.payload),
+      rows.map((r) => r.maxAttempts),
+      rows.map((r) => r.delayMs),
+      rows.map((r) => r.notBefore),
+      rows.map((r) => r.idempotencyKey),
+      rows.map((r) => r.traceparent)
+    ])
+    const insertedIds = new Set(inserted.map((row) => row.id))
+    const destinationOf = (row: Row) => row.endpointId ?? row.url ?? ""
+    const duplicates = rows.filter((row) => !insertedIds.has(row.id) && row.idempotencyKey !== null)
+    const existing = new Map<string, string>()
+    if (duplicates.length > 0) {
+      const found = yield* sql.unsafe<{ destination: string; idempotency_key: string; id: string }>(EXISTING_SQL, [
+        duplicates.map(destinationOf),
+        duplicates.map((row) => row.idempotencyKey)
+      ])
+      for (const row of found) existing.set(`${row.destination}\u0000${row.idempotency_key}`, row.id)
+    }
+    // Two requests in one batch may share a key: the second is a duplicate of the first.
+    const firstOfKey = new Map<string, string>()
+    return rows.map((row): Enqueued => {
+      if (insertedIds.has(row.id)) {
+        if (row.idempotencyKey !== null) firstOfKey.set(`${destinationOf(row)}\u0000${row.idempotencyKey}`, row.id)
+        return { id: row.id, duplicate: false }
+      }
+      const key = `${destinationOf(row)}\u0000${row.idempotencyKey}`
+      return { id: existing.get(key) ?? firstOfKey.get(key) ?? row.id, duplicate: true }
+    })
+  })
+
+export type InsertError = EnqueueError | SqlError.SqlError

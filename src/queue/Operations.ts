@@ -1,0 +1,101 @@
+import { SqlClient } from "@effect/sql"
+import { Effect } from "effect"
+
+/** One row of get_webhook_queue_stats(). */
+export interface StatusStats {
+  readonly status: string
+  readonly count: number
+  readonly oldest_pending: Date | null
+  readonly avg_attempts: number | null
+}
+
+export const queueStats = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const rows = yield* sql<{ status: string; count: string; oldest_pending: Date | null; avg_attempts: string | null }>`
+    SELECT status, count, oldest_pending, avg_attempts FROM get_webhook_queue_stats()`
+  return rows.map((row): StatusStats => ({
+    status: row.status,
+    count: Number(row.count),
+    oldest_pending: row.oldest_pending,
+    avg_attempts: row.avg_attempts === null ? null : Number(row.avg_attempts)
+  }))
+})
+
+export interface DeadLetter {
+  readonly id: string
+  readonly event_type: string
+  readonly user_id: string | null
+  readonly endpoint_id: string | null
+  readonly destination: string | null
+  readonly attempt_count: number
+  readonly max_attempts: number
+  readonly last_response_status: number | null
+  readonly last_error: string | null
+  readonly created_at: Date
+  readonly dead_lettered_at: Date
+}
+
+/** Dead letters, newest first. */
+export const listDeadLetters = (limit: number) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql<DeadLetter>`
+      SELECT q.id::text AS id, q.event_type, q."userId" AS user_id, q.partner_webhook_id::text AS endpoint_id,
+             COALESCE(p.url, q.url) AS destination, q.attempt_count, q.max_attempts, q.last_response_status,
+             q.last_error, q."createdAt" AS created_at, q."updatedAt" AS dead_lettered_at
+      FROM webhook_delivery_queue q
+      LEFT JOIN partner_webhooks p ON p.id = q.partner_webhook_id
+      WHERE q.status = 'dead_letter'
+      ORDER BY q."updatedAt" DESC
+      LIMIT ${limit}`)
+
+// A fresh attempt budget: attempt_count back to 0, due now. The NOTIFY trigger wakes workers.
+const REQUEUE_SET = `status = 'pending', attempt_count = 0, next_retry_at = now(), locked_by = NULL,
+      locked_until = NULL, "updatedAt" = now()`
+
+/** Puts the given dead letters back to pending. Returns the ids requeued (others were not dead letters). */
+export const retryDeadLetters = (ids: ReadonlyArray<string>) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql.unsafe<{ id: string }>(
+      `UPDATE webhook_delivery_queue SET ${REQUEUE_SET}
+       WHERE id = ANY($1::uuid[]) AND status = 'dead_letter' RETURNING id::text AS id`,
+      [ids]
+    ).pipe(Effect.map((rows) => rows.map((row) => row.id))))
+
+export interface DeadLetterFilter {
+  readonly eventType?: string | undefined
+  readonly since?: Date | undefined
+  readonly endpointId?: string | undefined
+}
+
+/**
+ * Requeues every dead letter matching the filter, in committed batches: safe beside running
+ * workers, and a crash midway loses nothing (run it again to continue).
+ */
+export const retryAllDeadLetters = (
+  filter: DeadLetterFilter,
+  onProgress: (done: number) => Effect.Effect<void> = () => Effect.void,
+  batchSize = 1000
+) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    let total = 0
+    while (true) {
+      const rows = yield* sql.unsafe<{ id: string }>(
+        `UPDATE webhook_delivery_queue SET ${REQUEUE_SET}
+         WHERE id IN (
+           SELECT id FROM webhook_delivery_queue
+           WHERE status = 'dead_letter'
+             AND ($1::text IS NULL OR event_type = $1)
+             AND ($2::timestamptz IS NULL OR "updatedAt" >= $2)
+             AND ($3::uuid IS NULL OR partner_webhook_id = $3)
+           ORDER BY "updatedAt"
+           LIMIT $4
+           FOR UPDATE SKIP LOCKED)
+         RETURNING id::text AS id`,
+        [filter.eventType ?? null, filter.since ?? null, filter.endpointId ?? null, batchSize]
+      )
+      total += rows.length
+      yield* onProgress(total)
+      if (rows.length < batchSize) return total
+    }
+  })

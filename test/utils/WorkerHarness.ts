@@ -2,6 +2,7 @@ import { SqlClient } from "@effect/sql"
 import { Duration, Effect, Exit, Layer, Option, Redacted, Scope } from "effect"
 import { type AppSettings, Settings } from "../../src/config/AppConfig.js"
 import * as DeliveryHttp from "../../src/http/DeliveryHttp.js"
+import * as Log from "../../src/observability/Log.js"
 import * as Metrics from "../../src/observability/Metrics.js"
 import { DeliveryQueue } from "../../src/queue/DeliveryQueue.js"
 import * as Wakeup from "../../src/worker/Wakeup.js"
@@ -23,24 +24,35 @@ export const testSettings = (overrides: Partial<AppSettings> = {}): Partial<AppS
   ...overrides
 })
 
+export interface HarnessOptions {
+  readonly metrics?: Metrics.WorkerMetrics
+  /** Receives every log line the worker writes (JSON); lines are dropped otherwise. */
+  readonly logs?: Array<string>
+}
+
 /** The worker's layer over the given settings, needing only a PgClient. */
-export const workerLayer = (overrides: Partial<AppSettings> = {}, metrics?: Metrics.WorkerMetrics) =>
+export const workerLayer = (overrides: Partial<AppSettings> = {}, options: HarnessOptions = {}) =>
   Worker.layer.pipe(
     Layer.provide(Layer.mergeAll(
       DeliveryQueue.layer,
       DeliveryHttp.layer({ tracing: false }),
       Wakeup.layerListen,
-      metrics ? Layer.succeed(Metrics.Metrics, metrics) : Metrics.layerDetached,
+      options.metrics ? Layer.succeed(Metrics.Metrics, options.metrics) : Metrics.layerDetached,
       Worker.WorkerIdentity.layer(1),
       Settings.layer(testSettings(overrides))
-    ))
+    )),
+    Layer.provide(Log.layer("json", new Log.LogThreshold("DEBUG"), {
+      write: (line) => {
+        options.logs?.push(line)
+      }
+    }))
   )
 
 /** Starts a worker in the background; the returned effect stops it (drain included). */
-export const startWorker = (overrides: Partial<AppSettings> = {}, metrics?: Metrics.WorkerMetrics) =>
+export const startWorker = (overrides: Partial<AppSettings> = {}, options: HarnessOptions = {}) =>
   Effect.gen(function*() {
     const scope = yield* Scope.make()
-    yield* Layer.buildWithScope(workerLayer(overrides, metrics), scope)
+    yield* Layer.buildWithScope(workerLayer(overrides, options), scope)
     return Scope.close(scope, Exit.void)
   })
 

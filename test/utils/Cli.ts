@@ -1,0 +1,82 @@
+import { Effect } from "effect"
+import { type ChildProcess, spawn } from "node:child_process"
+import { join } from "node:path"
+
+const bin = join(import.meta.dirname, "..", "..", "bin", "webhook-worker.js")
+
+export interface CliResult {
+  readonly code: number | null
+  readonly stdout: string
+  readonly stderr: string
+}
+
+const baseEnv = (env: Record<string, string | undefined>) => {
+  const merged: Record<string, string> = {}
+  for (const [key, value] of Object.entries({ PATH: process.env.PATH, HOME: process.env.HOME, ...env })) {
+    if (value !== undefined) merged[key] = value
+  }
+  return merged
+}
+
+/** Runs the built CLI (`npm test` builds dist/ first) to completion. */
+export const runCli = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}, stdin?: string) =>
+  Effect.async<CliResult>((resume) => {
+    const child = spawn(process.execPath, [bin, ...args], { env: baseEnv(env), stdio: ["pipe", "pipe", "pipe"] })
+    let stdout = ""
+    let stderr = ""
+    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()))
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()))
+    child.on("close", (code) => resume(Effect.succeed({ code, stdout, stderr })))
+    child.stdin.end(stdin ?? "")
+    return Effect.sync(() => child.kill("SIGKILL"))
+  })
+
+/** A long-running CLI process (the worker), its output collected line by line. */
+export interface RunningCli {
+  readonly process: ChildProcess
+  readonly lines: Array<string>
+  readonly stderr: Array<string>
+  readonly signal: (signal: NodeJS.Signals) => Effect.Effect<void>
+  readonly exited: Effect.Effect<number | null>
+  readonly waitForLine: (pattern: RegExp, timeoutMs?: number) => Effect.Effect<string>
+}
+
+export const spawnCli = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}) =>
+  Effect.acquireRelease(
+    Effect.sync((): RunningCli => {
+      const child = spawn(process.execPath, [bin, ...args], { env: baseEnv(env), stdio: ["ignore", "pipe", "pipe"] })
+      const lines: Array<string> = []
+      const stderr: Array<string> = []
+      let buffered = ""
+      child.stdout!.on("data", (chunk: Buffer) => {
+        buffered += chunk.toString()
+        const parts = buffered.split("\n")
+        buffered = parts.pop()!
+        lines.push(...parts)
+      })
+      child.stderr!.on("data", (chunk: Buffer) => stderr.push(chunk.toString()))
+      const exit = new Promise<number | null>((done) => child.on("exit", (code) => done(code)))
+      return {
+        process: child,
+        lines,
+        stderr,
+        signal: (signal) => Effect.sync(() => void child.kill(signal)),
+        exited: Effect.promise(() => exit),
+        waitForLine: (pattern, timeoutMs = 15_000) =>
+          Effect.gen(function*() {
+            const deadline = Date.now() + timeoutMs
+            while (true) {
+              const found = lines.find((line) => pattern.test(line))
+              if (found !== undefined) return found
+              if (Date.now() > deadline || child.exitCode !== null) {
+                return yield* Effect.die(new Error(`no line matching ${pattern} (exit ${child.exitCode}); stdout:\n${lines.join("\n")}\nstderr:\n${stderr.join("")}`))
+              }
+              yield* Effect.sleep("20 millis")
+            }
+          })
+      }
+    }),
+    (running) => Effect.sync(() => {
+      if (running.process.exitCode === null) running.process.kill("SIGKILL")
+    })
+  )

@@ -1,0 +1,191 @@
+import { it } from "@effect/vitest"
+import { SqlClient } from "@effect/sql"
+import type { PgClient } from "@effect/sql-pg"
+import { Effect, Either, Layer, type Scope } from "effect"
+import { describe, expect } from "vitest"
+import { decodeEncryptionKey } from "../../src/config/AppConfig.js"
+import { Keyring } from "../../src/crypto/Keyring.js"
+import { makeReceiver } from "../utils/Receiver.js"
+import { layerPg } from "../utils/TestDatabase.js"
+import { eventually, insertRaw, type QueueRow, startWorker, TEST_KEY } from "../utils/WorkerHarness.js"
+
+const withDb = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient | PgClient.PgClient | Scope.Scope>) =>
+  effect.pipe(Effect.provide(Layer.fresh(layerPg)), Effect.scoped)
+
+const keyring = new Keyring(Either.getOrThrow(decodeEncryptionKey(TEST_KEY)), [])
+
+const rows = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+  sql<QueueRow & { event_type: string }>`
+    SELECT id::text, event_type, status, attempt_count, max_attempts, last_response_status, last_error, secret,
+           delivered_at, next_retry_at, locked_by
+    FROM webhook_delivery_queue`).pipe(
+    Effect.map((all) => new Map(all.map((row) => [row.event_type, row]))),
+    Effect.orDie
+  )
+
+const settled = (row: QueueRow | undefined) => row !== undefined && (row.status === "delivered" || row.status === "dead_letter")
+
+describe("every outcome of SPEC.md, end to end", () => {
+  it.live("responses and transport failures: delivered, retried, dead-lettered, endpoint disabled; good rows beside bad ones go out", () =>
+    withDb(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const receiver = yield* makeReceiver
+      const seen = new Map<string, number>()
+      receiver.respond = (request) => {
+        const n = (seen.get(request.path) ?? 0) + 1
+        seen.set(request.path, n)
+        switch (request.path) {
+          case "/ok":
+            return { status: 200 }
+          case "/created":
+            return { status: 201 }
+          case "/always500":
+            return { status: 500, body: "boom" }
+          case "/flaky408":
+            return n < 3 ? { status: 408 } : { status: 200 }
+          case "/ratelimited":
+            return n === 1 ? { status: 429, headers: { "retry-after": "1" } } : { status: 200 }
+          case "/unavailable":
+            return n === 1 ? { status: 503 } : { status: 202 }
+          case "/gone":
+            return { status: 410 }
+          case "/redirect":
+            return { status: 302, headers: { location: receiver.url("/ok") } }
+          case "/bad":
+            return { status: 400, body: "missing field" }
+          case "/missing":
+            return { status: 404 }
+          case "/slow":
+            return { status: 200, delayMs: 6000 }
+          case "/reset":
+            return n === 1 ? { destroy: true } : { status: 200 }
+          default:
+            return { status: 500 }
+        }
+      }
+      const cases: Array<[string, string, number?]> = [
+        ["ok", receiver.url("/ok")],
+        ["created", receiver.url("/created")],
+        ["always500", receiver.url("/always500"), 3],
+        ["flaky408", receiver.url("/flaky408")],
+        ["ratelimited", receiver.url("/ratelimited")],
+        ["unavailable", receiver.url("/unavailable")],
+        ["redirect", receiver.url("/redirect")],
+        ["bad", receiver.url("/bad")],
+        ["missing", receiver.url("/missing")],
+        ["slow", receiver.url("/slow"), 2],
+        ["reset", receiver.url("/reset")],
+        ["refused", "http://127.0.0.1:1/hook", 2],
+        ["dns", "http://no-such-host.invalid/hook", 2],
+        ["invalid_url", "not a url"],
+        ["ftp", "ftp://example.com/x"]
+      ]
+      for (const [eventType, url, maxAttempts] of cases) {
+        yield* insertRaw({ url, eventType, ...(maxAttempts ? { maxAttempts } : {}) })
+      }
+      yield* insertRaw({ url: receiver.url("/ok"), eventType: "no_secret", secret: null })
+      yield* insertRaw({ url: receiver.url("/ok"), eventType: "undecryptable", secret: "enc:v1:deadbeef:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" })
+      // A registered endpoint that answers 410 Gone.
+      const [endpoint] = yield* sql<{ id: string }>`
+        INSERT INTO partner_webhooks (url, secret) VALUES (${receiver.url("/gone")}, ${keyring.encrypt("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")})
+        RETURNING id::text`
+      yield* sql`INSERT INTO webhook_delivery_queue (partner_webhook_id, event_type, payload) VALUES (${endpoint!.id}::uuid, 'gone', '{}')`
+
+      const stop = yield* startWorker({ deliveryTimeoutMs: 2000, leaseMs: 10_000 })
+      const all = yield* eventually(
+        Effect.map(rows, (byType) => ([...byType.values()].every(settled) ? byType : undefined)),
+        "every row settled",
+        20_000
+      )
+      yield* stop
+
+      const expectRow = (eventType: string, expected: Partial<QueueRow>) =>
+        expect(all.get(eventType), eventType).toMatchObject(expected)
+
+      expectRow("ok", { status: "delivered", attempt_count: 1, last_response_status: 200, last_error: null })
+      expectRow("created", { status: "delivered", last_response_status: 201 })
+      expectRow("always500", { status: "dead_letter", attempt_count: 3, last_response_status: 500, last_error: "HTTP 500" })
+      expectRow("flaky408", { status: "delivered", attempt_count: 3, last_response_status: 200 })
+      expectRow("ratelimited", { status: "delivered", attempt_count: 2 })
+      expectRow("unavailable", { status: "delivered", attempt_count: 2, last_response_status: 202 })
+      expectRow("redirect", { status: "dead_letter", attempt_count: 1, last_response_status: 302 })
+      expectRow("bad", { status: "dead_letter", attempt_count: 1, last_response_status: 400 })
+      expectRow("missing", { status: "dead_letter", attempt_count: 1, last_response_status: 404 })
+      expectRow("slow", { status: "dead_letter", attempt_count: 2, last_response_status: null, last_error: "timed out after 2s (DELIVERY_TIMEOUT)" })
+      expectRow("reset", { status: "delivered", attempt_count: 2 })
+      expectRow("refused", { status: "dead_letter", attempt_count: 2 })
+      expect(all.get("refused")!.last_error).toMatch(/^connection failed \(ECONNREFUSED\)/)
+      expectRow("dns", { status: "dead_letter", attempt_count: 2 })
+      expect(all.get("dns")!.last_error).toMatch(/^DNS lookup of no-such-host\.invalid failed \((ENOTFOUND|EAI_AGAIN)\)$/)
+      expectRow("invalid_url", { status: "dead_letter", attempt_count: 1, last_error: "invalid URL: \"not a url\" is not a valid URL" })
+      expectRow("ftp", { status: "dead_letter", attempt_count: 1, last_error: "invalid URL: scheme ftp is not http or https" })
+      expectRow("no_secret", { status: "dead_letter", attempt_count: 1, last_error: "undecryptable secret: the row has no secret and no registered endpoint" })
+      expect(all.get("undecryptable")).toMatchObject({ status: "dead_letter", attempt_count: 1 })
+      expect(all.get("undecryptable")!.last_error).toContain("encrypted with key deadbeef")
+      expectRow("gone", { status: "dead_letter", attempt_count: 1, last_response_status: 410 })
+
+      // 410 disabled the endpoint.
+      const [disabled] = yield* sql<{ enabled: boolean; disabled_reason: string }>`SELECT enabled, disabled_reason FROM partner_webhooks WHERE id = ${endpoint!.id}::uuid`
+      expect(disabled).toEqual({ enabled: false, disabled_reason: "HTTP 410 Gone from the receiver" })
+
+      // Retry-After: 1 on the 429 held the retry back at least a second.
+      const rateLimited = receiver.requests.filter((r) => r.path === "/ratelimited")
+      expect(rateLimited[1]!.at - rateLimited[0]!.at).toBeGreaterThanOrEqual(950)
+      // Redirects are not followed; permanent failures are tried once.
+      expect(receiver.requests.filter((r) => r.path === "/redirect")).toHaveLength(1)
+      expect(receiver.requests.filter((r) => r.path === "/bad")).toHaveLength(1)
+
+      // One audit row per attempt, each with its reason.
+      const logs = yield* sql<{ event_type: string; attempts: string; reasons: string }>`
+        SELECT q.event_type, count(*) AS attempts, string_agg(l.reason, ',' ORDER BY l.attempt) AS reasons
+        FROM webhook_delivery_log l JOIN webhook_delivery_queue q ON q.id = l.delivery_id GROUP BY q.event_type`
+      const byType = new Map(logs.map((l) => [l.event_type, l]))
+      expect(byType.get("flaky408")).toMatchObject({ attempts: "3", reasons: "http_408,http_408,delivered" })
+      expect(byType.get("always500")).toMatchObject({ attempts: "3", reasons: "http_5xx,http_5xx,http_5xx" })
+      expect(byType.get("slow")).toMatchObject({ attempts: "2", reasons: "timeout,timeout" })
+      expect(byType.get("undecryptable")).toMatchObject({ attempts: "1", reasons: "undecryptable_secret" })
+      const totalAttempts = [...all.values()].reduce((sum, row) => sum + row.attempt_count, 0)
+      const [logged] = yield* sql<{ n: string }>`SELECT count(*) AS n FROM webhook_delivery_log`
+      expect(Number(logged!.n)).toBe(totalAttempts)
+    })), 40_000)
+
+  it.live("blocked destinations are dead-lettered at once, never retried", () =>
+    withDb(Effect.gen(function*() {
+      const receiver = yield* makeReceiver
+      const loopback = yield* insertRaw({ url: receiver.url("/ok"), eventType: "loopback" })
+      const local = yield* insertRaw({ url: `http://localhost:${receiver.port}/ok`, eventType: "localhost" })
+      const metadata = yield* insertRaw({ url: "http://169.254.169.254/latest/meta-data/", eventType: "metadata" })
+      const stop = yield* startWorker({ allowPrivateNetworks: false })
+      const byType = yield* eventually(
+        Effect.map(rows, (all) => ([...all.values()].every(settled) ? all : undefined)),
+        "blocked rows settled"
+      )
+      yield* stop
+      expect(receiver.requests).toHaveLength(0)
+      for (const id of [loopback, local, metadata]) expect([...byType.values()].find((r) => r.id === id)).toMatchObject({ status: "dead_letter", attempt_count: 1 })
+      expect(byType.get("loopback")!.last_error).toBe("blocked destination: 127.0.0.1 a loopback address (set WEBHOOK_ALLOW_PRIVATE_NETWORKS=true to allow)")
+      expect(byType.get("localhost")!.last_error).toMatch(/^blocked destination: localhost is (127\.0\.0\.1|::1), a loopback address/)
+      expect(byType.get("metadata")!.last_error).toContain("cloud metadata address")
+    })))
+
+  it.live("a crashed worker's expired lease is claimed again; with no attempts left it is dead-lettered", () =>
+    withDb(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const receiver = yield* makeReceiver
+      const [orphan] = yield* sql<{ id: string }>`
+        INSERT INTO webhook_delivery_queue (url, secret, event_type, payload, status, attempt_count, max_attempts, locked_by, locked_until, next_retry_at)
+        VALUES (${receiver.url("/ok")}, 's', 'orphan', '{}', 'processing', 1, 5, 'dead-worker', now() - interval '1 second', now() - interval '1 second')
+        RETURNING id::text`
+      const [exhausted] = yield* sql<{ id: string }>`
+        INSERT INTO webhook_delivery_queue (url, secret, event_type, payload, status, attempt_count, max_attempts, locked_by, locked_until, next_retry_at)
+        VALUES (${receiver.url("/ok")}, 's', 'exhausted', '{}', 'processing', 3, 3, 'dead-worker', now() - interval '1 second', now() - interval '1 second')
+        RETURNING id::text`
+      const stop = yield* startWorker()
+      const byType = yield* eventually(Effect.map(rows, (all) => ([...all.values()].every(settled) ? all : undefined)), "leases recovered")
+      yield* stop
+      expect(byType.get("orphan")).toMatchObject({ id: orphan!.id, status: "delivered", attempt_count: 2 })
+      expect(byType.get("exhausted")).toMatchObject({ id: exhausted!.id, status: "dead_letter", attempt_count: 4 })
+      expect(byType.get("exhausted")!.last_error).toMatch(/^no attempts left/)
+      expect(receiver.requests.map((r) => r.headers["webhook-id"])).toEqual([orphan!.id])
+    })))
+})

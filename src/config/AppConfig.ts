@@ -57,7 +57,9 @@ const variable = <A>(
     Config.mapOrFail((raw) =>
       Option.match(raw, {
         onNone: () => Either.right(fallback),
-        onSome: (text) => Either.mapLeft(parse(text.trim()), (reason) => invalid(name, reason))
+        // An empty value (`WORKER_BATCH_SIZE=` in an env file) means unset, whatever the provider.
+        onSome: (text) =>
+          text.trim() === "" ? Either.right(fallback) : Either.mapLeft(parse(text.trim()), (reason) => invalid(name, reason))
       })
     ),
     Config.withDescription(description)

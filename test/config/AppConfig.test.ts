@@ -84,6 +84,10 @@ describe("configuration", () => {
     expect(settings.logLevel).toBe("INFO")
   })
 
+  it("an empty value is unset under any provider", () => {
+    expect(Either.getOrThrow(loadFrom({ WORKER_BATCH_SIZE: "", DATABASE_URL: " " })).batchSize).toBe(10)
+  })
+
   it("parses env files as systemd and dotenv do", () => {
     const parsed = parseEnvFile([
       "# comment",

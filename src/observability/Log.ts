@@ -49,13 +49,19 @@ const currentSpan = (refs: FiberRefs.FiberRefs): Option.Option<Tracer.AnySpan> =
 /**
  * One JSON object per line (journald-friendly, flat: annotations become top-level fields), or a
  * readable line for terminals. Includes the trace and span ids when a span is active, and the
- * cause's message for failures (its stack only at DEBUG).
+ * cause's message for failures (its stack only at DEBUG). `fields` go on every line (the
+ * instance number, so lines of `webhook-worker@*` units can be told apart once merged).
  */
-export const makeLogger = (format: LogFormat, threshold: LogThreshold, output: LogOutput = stdout) =>
+export const makeLogger = (
+  format: LogFormat,
+  threshold: LogThreshold,
+  output: LogOutput = stdout,
+  fields: Readonly<Record<string, string | number>> = {}
+) =>
   Logger.make(({ annotations, cause, context, date, logLevel, message }) => {
     const level = levelName(logLevel)
     if (!threshold.allows(level)) return
-    const record: Record<string, unknown> = { time: date.toISOString(), level, msg: messageText(message) }
+    const record: Record<string, unknown> = { time: date.toISOString(), level, msg: messageText(message), ...fields }
     for (const [key, value] of HashMap.toEntries(annotations)) record[key] = value
     const span = currentSpan(context)
     if (Option.isSome(span)) {
@@ -66,13 +72,27 @@ export const makeLogger = (format: LogFormat, threshold: LogThreshold, output: L
       record.error = threshold.allows("DEBUG") ? Cause.pretty(cause) : causeMessage(cause)
     }
     if (format === "json") {
-      output.write(JSON.stringify(record) + "\n")
+      output.write(jsonText(record) + "\n")
     } else {
-      const { level: _level, msg, time, ...fields } = record
-      const rest = Object.entries(fields).map(([key, value]) => `${key}=${typeof value === "string" ? value : JSON.stringify(value)}`)
+      const { level: _level, msg, time, ...extra } = record
+      const rest = Object.entries(extra).map(([key, value]) => `${key}=${typeof value === "string" ? value : jsonText(value)}`)
       output.write(`${String(time)} ${level.padEnd(5)} ${String(msg)}${rest.length > 0 ? " " + rest.join(" ") : ""}\n`)
     }
   })
+
+// Writing a log line must never throw: bigints become strings, and an object met a second time
+// (a cycle) is written as "[Circular]".
+const jsonText = (value: unknown): string => {
+  const seen = new WeakSet<object>()
+  return JSON.stringify(value, (_key, inner: unknown) => {
+    if (typeof inner === "bigint") return inner.toString()
+    if (typeof inner === "object" && inner !== null) {
+      if (seen.has(inner)) return "[Circular]"
+      seen.add(inner)
+    }
+    return inner
+  })
+}
 
 /** The first failure's message, one line, without a stack. */
 export const causeMessage = (cause: Cause.Cause<unknown>): string => {
@@ -84,9 +104,18 @@ export const causeMessage = (cause: Cause.Cause<unknown>): string => {
   })
 }
 
-/** Replaces the default logger; all levels reach it and `threshold` decides (so SIGHUP can change it). */
-export const layer = (format: LogFormat, threshold: LogThreshold, output?: LogOutput) =>
-  Layer.mergeAll(
-    Logger.replace(Logger.defaultLogger, makeLogger(format, threshold, output)),
-    Logger.minimumLogLevel(LogLevel.All)
+/**
+ * Replaces the default logger; all levels reach it and `threshold` decides (so SIGHUP can change
+ * it). Composed in sequence, not with `Layer.mergeAll`: merged layers are built on parallel fibers
+ * and (effect 3.22) their FiberRef changes then outlive the layer's scope, so a second logger
+ * provided later would print alongside the first.
+ */
+export const layer = (
+  format: LogFormat,
+  threshold: LogThreshold,
+  output?: LogOutput,
+  fields?: Readonly<Record<string, string | number>>
+) =>
+  Logger.replace(Logger.defaultLogger, makeLogger(format, threshold, output, fields)).pipe(
+    Layer.provideMerge(Logger.minimumLogLevel(LogLevel.All))
   )

@@ -19,6 +19,12 @@ export interface WorkerMetrics {
   readonly leasesReclaimed: (rows: number) => void
   readonly queueSize: (sizes: ReadonlyMap<string, number>) => void
   readonly oldestDueAge: (seconds: number) => void
+  /** The queue gauges were refreshed from the database (their age is exported, for staleness alerts). */
+  readonly queueStatsRefreshed: (atMs: number) => void
+  /** The claim loop went round (or is waiting on the database on purpose): /healthz reads this. */
+  readonly loopHeartbeat: () => void
+  /** When the claim loop last reported in (ms since the epoch); creation time until it first does. */
+  readonly lastLoopHeartbeatMs: () => number
 }
 
 export class Metrics extends Context.Tag("webhook-worker/Metrics")<Metrics, WorkerMetrics>() {}
@@ -26,7 +32,7 @@ export class Metrics extends Context.Tag("webhook-worker/Metrics")<Metrics, Work
 export interface MetricsOptions {
   /** A registry to register into (a host app's own); a new one otherwise. */
   readonly registry?: Prom.Registry
-  /** Keep `user_id`/`partner_id` labels (false collapses them, for fleets with many tenants). */
+  /** Keep `user_id`/`partner_id` labels (false drops them, for fleets with many tenants). */
   readonly tenantLabels: boolean
   /** Also collect Node's default process metrics. */
   readonly processMetrics: boolean
@@ -39,10 +45,12 @@ export const make = (options: MetricsOptions): WorkerMetrics => {
   const registers = [registry]
   if (options.processMetrics) Prom.collectDefaultMetrics({ register: registry })
 
+  // Without tenant labels the series has no labels at all (not empty ones), so a fleet with many
+  // tenants keeps one series and `sum(rate(webhooks_delivered_total[5m]))` reads the same either way.
   const delivered = new Prom.Counter({
     name: "webhooks_delivered_total",
     help: "Webhooks delivered (2xx)",
-    labelNames: ["user_id", "partner_id"],
+    labelNames: options.tenantLabels ? ["user_id", "partner_id"] : [],
     registers
   })
   const failed = new Prom.Counter({
@@ -100,12 +108,27 @@ export const make = (options: MetricsOptions): WorkerMetrics => {
     help: "How long the longest-waiting due row has been due (0 when none)",
     registers
   })
+  const queueStatsAt = new Prom.Gauge({
+    name: "webhook_queue_stats_refreshed_timestamp_seconds",
+    help: "When the queue gauges were last read from the database (Unix seconds; 0 before the first read)",
+    registers
+  })
+  let lastHeartbeatMs = Date.now()
+  new Prom.Gauge({
+    name: "webhook_worker_loop_heartbeat_timestamp_seconds",
+    help: "When the claim loop last went round (Unix seconds); /healthz fails when it is too old",
+    registers,
+    collect() {
+      this.set(lastHeartbeatMs / 1000)
+    }
+  })
   for (const status of STATUSES) queueSize.set({ status }, 0)
+  queueStatsAt.set(0)
 
-  const tenant = (value: string | null) => (options.tenantLabels ? value ?? "" : "")
   return {
     registry,
-    delivered: (userId, partnerId) => delivered.inc({ user_id: tenant(userId), partner_id: tenant(partnerId) }),
+    delivered: (userId, partnerId) =>
+      options.tenantLabels ? delivered.inc({ user_id: userId ?? "", partner_id: partnerId ?? "" }) : delivered.inc(),
     failed: (reason) => failed.inc({ reason }),
     deadLettered: (reason) => deadLettered.inc({ reason }),
     retryScheduled: () => retries.inc(),
@@ -117,7 +140,12 @@ export const make = (options: MetricsOptions): WorkerMetrics => {
     queueSize: (sizes) => {
       for (const status of STATUSES) queueSize.set({ status }, sizes.get(status) ?? 0)
     },
-    oldestDueAge: (seconds) => oldestDue.set(seconds)
+    oldestDueAge: (seconds) => oldestDue.set(seconds),
+    queueStatsRefreshed: (atMs) => queueStatsAt.set(atMs / 1000),
+    loopHeartbeat: () => {
+      lastHeartbeatMs = Date.now()
+    },
+    lastLoopHeartbeatMs: () => lastHeartbeatMs
   }
 }
 

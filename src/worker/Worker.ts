@@ -213,6 +213,7 @@ export const run = Effect.gen(function*() {
     let backlog = true
     let waitMs = 0
     while (true) {
+      metrics.loopHeartbeat()
       current = yield* settings.get
       const free = current.maxConcurrentDeliveries - inFlight
       if (free <= 0) {
@@ -228,6 +229,8 @@ export const run = Effect.gen(function*() {
       // Claim and start as one step, so shutdown never strands claimed rows between the two.
       const claimed = yield* Effect.uninterruptible(
         queue.claim(workerId, limit, current.leaseMs).pipe(
+          // Retrying on purpose (database down) is not a stuck loop: /healthz stays green, /readyz says why.
+          Effect.tapError(() => Effect.sync(() => metrics.loopHeartbeat())),
           Effect.tapError((error) =>
             Effect.logWarning("Claiming deliveries failed; retrying").pipe(Effect.annotateLogs({ error: error.message }))
           ),
@@ -235,7 +238,9 @@ export const run = Effect.gen(function*() {
           Effect.tap((rows) =>
             Effect.forEach(rows, (row) => {
               inFlight++
-              return FiberSet.run(deliveries, deliverOne(row).pipe(
+              // Forked from the uninterruptible claim step: make the attempt itself interruptible,
+              // so the shutdown grace period can cut it short.
+              return FiberSet.run(deliveries, Effect.interruptible(deliverOne(row)).pipe(
                 Effect.ensuring(Effect.sync(() => {
                   inFlight--
                   metrics.inFlight(inFlight)
@@ -284,7 +289,8 @@ export const run = Effect.gen(function*() {
       if (running > 0) {
         yield* Effect.logInfo("Stopping: waiting for in-flight deliveries").pipe(Effect.annotateLogs({ in_flight: running }))
       }
-      const finished = yield* FiberSet.awaitEmpty(deliveries).pipe(Effect.timeoutOption(grace))
+      // Finalizers run uninterruptibly; the waits must be interruptible for their timeouts to bite.
+      const finished = yield* Effect.interruptible(FiberSet.awaitEmpty(deliveries)).pipe(Effect.timeoutOption(grace))
       if (Option.isNone(finished)) {
         const left = yield* FiberSet.size(deliveries)
         yield* Effect.logWarning("Grace period over: handing back unfinished deliveries").pipe(
@@ -292,7 +298,7 @@ export const run = Effect.gen(function*() {
         )
         yield* FiberSet.clear(deliveries)
       }
-      const drained = yield* completer.drain.pipe(Effect.timeoutOption(Duration.seconds(10)))
+      const drained = yield* Effect.interruptible(completer.drain).pipe(Effect.timeoutOption(Duration.seconds(10)))
       if (Option.isNone(drained)) {
         yield* Effect.logError("Could not record every result before exit; their leases will expire and they will be retried").pipe(
           Effect.annotateLogs({ unrecorded: completer.pending() })
@@ -306,28 +312,40 @@ export const run = Effect.gen(function*() {
   Effect.withLogSpan("worker")
 )
 
-/** One root span per attempt, linked to the producer's span when the row carries its traceparent. */
-const traced = <A, E, R>(row: ClaimedDelivery, attempt: Effect.Effect<A, E, R>) =>
-  Effect.withSpan(attempt, "webhook.deliver", {
-    root: true,
+/**
+ * One span per attempt. With the producer's stored traceparent it is a child of (and linked to)
+ * the producer's span, so one trace shows the request that caused the webhook and every attempt;
+ * without one it is a root span.
+ */
+const traced = <A, E, R>(row: ClaimedDelivery, attempt: Effect.Effect<A, E, R>) => {
+  const links = producerLink(row.traceparent)
+  return Effect.withSpan(attempt, "webhook.deliver", {
+    ...(links[0] === undefined ? { root: true } : { parent: links[0].span }),
     kind: "producer",
-    links: producerLink(row.traceparent),
-    attributes: {
+    links,
+    attributes: definedOnly({
       "webhook.id": row.id,
       "webhook.event_type": row.eventType,
       "webhook.attempt": row.attempt,
       "webhook.max_attempts": row.maxAttempts,
-      "webhook.endpoint_id": row.endpointId ?? undefined,
-      "server.address": destinationHost(row.url) ?? undefined
-    }
+      "webhook.endpoint_id": row.endpointId,
+      "server.address": destinationHost(row.url)
+    })
+  })
+}
+
+const spanResultAttributes = (completion: Completion): Record<string, unknown> =>
+  definedOnly({
+    "webhook.outcome": completion.status,
+    "webhook.reason": completion.reason,
+    "http.response.status_code": completion.responseStatus,
+    "webhook.next_retry_in_ms": completion.retryDelayMs,
+    "webhook.next_retry_at": completion.retryDelayMs === null ? null : new Date(Date.now() + completion.retryDelayMs).toISOString()
   })
 
-const spanResultAttributes = (completion: Completion): Record<string, unknown> => ({
-  "webhook.outcome": completion.status,
-  "webhook.reason": completion.reason,
-  "http.response.status_code": completion.responseStatus ?? undefined,
-  "webhook.next_retry_in_ms": completion.retryDelayMs ?? undefined
-})
+// The OTel bridge would export a missing value as the string "undefined"; leave the key out instead.
+const definedOnly = (attributes: Record<string, unknown>): Record<string, unknown> =>
+  Object.fromEntries(Object.entries(attributes).filter(([, value]) => value !== undefined && value !== null))
 
 const attemptLogFields = (row: ClaimedDelivery, completion: Completion) => {
   const fields: Record<string, unknown> = {

@@ -1,0 +1,155 @@
+import { it } from "@effect/vitest"
+import { SqlClient } from "@effect/sql"
+import type { PgClient } from "@effect/sql-pg"
+import { Effect, Layer, type Scope } from "effect"
+import { describe, expect } from "vitest"
+import * as Metrics from "../../src/observability/Metrics.js"
+import { DELIVERED_EXACT_LIMIT, QUEUE_STATS_SQL, readQueueStats } from "../../src/observability/MetricsServer.js"
+import { makeReceiver } from "../utils/Receiver.js"
+import { layerPg } from "../utils/TestDatabase.js"
+import { eventually, insertRaw, statusIs } from "../utils/WorkerHarness.js"
+import { enqueue, insertEndpoint, insertForEndpoint, sample, scrape, start, startServer, workerLayer } from "./support.js"
+
+const scoped = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient | PgClient.PgClient | Scope.Scope>) =>
+  effect.pipe(Effect.provide(Layer.fresh(layerPg)), Effect.scoped)
+
+describe("GET /metrics", () => {
+  it.live("counters, histogram and queue gauges move with real deliveries (delivered, retried, dead-lettered)", () =>
+    scoped(Effect.gen(function*() {
+      const receiver = yield* makeReceiver
+      const seen = new Map<string, number>()
+      receiver.respond = (request) => {
+        const n = (seen.get(request.path) ?? 0) + 1
+        seen.set(request.path, n)
+        if (request.path === "/flaky") return n === 1 ? { status: 503 } : { status: 200 }
+        if (request.path === "/bad") return { status: 400 }
+        if (request.path === "/down") return { status: 500 }
+        return { status: 204 }
+      }
+      const metrics = Metrics.make({ tenantLabels: true, processMetrics: true })
+      const { server, stop: stopServer } = yield* startServer(metrics, { queueStatsTtl: "100 millis" })
+
+      // Before the worker runs: rows waiting, nothing delivered yet.
+      const ok = yield* insertRaw({ url: receiver.url("/ok"), userId: "user_1" })
+      const flaky = yield* enqueue({ url: receiver.url("/flaky"), userId: "user_2" })
+      const bad = yield* enqueue({ url: receiver.url("/bad"), userId: "user_3" })
+      const down = yield* enqueue({ url: receiver.url("/down"), userId: "user_4", maxAttempts: 2 })
+      const endpoint = yield* insertEndpoint(receiver.url("/partner"), "partner_secret", "user_5")
+      const viaEndpoint = yield* insertForEndpoint(endpoint, "user_5")
+      yield* Effect.sleep("50 millis")
+      const before = yield* scrape(server)
+      expect(before.contentType).toMatch(/^text\/plain; version=0\.0\.4/)
+      expect(sample(before.samples, "webhook_queue_size", { status: "pending" })).toBe(5)
+      expect(sample(before.samples, "webhook_queue_size", { status: "delivered" })).toBe(0)
+      expect(sample(before.samples, "webhook_queue_oldest_due_age_seconds")).toBeGreaterThan(0)
+      expect(sample(before.samples, "webhook_queue_stats_refreshed_timestamp_seconds")).toBeGreaterThan(Date.now() / 1000 - 60)
+      expect(before.samples.some((s) => s.name === "webhooks_delivered_total")).toBe(false)
+
+      const { stop: stopWorker } = yield* start(workerLayer({ metrics }))
+      for (const id of [ok, flaky, viaEndpoint]) yield* eventually(statusIs(id, "delivered"), `${id} delivered`)
+      for (const id of [bad, down]) yield* eventually(statusIs(id, "dead_letter"), `${id} dead-lettered`)
+      yield* stopWorker
+      yield* Effect.sleep("150 millis") // past the gauge cache
+
+      const after = yield* scrape(server)
+      const s = after.samples
+      expect(sample(s, "webhooks_delivered_total", { user_id: "user_1", partner_id: "" })).toBe(1)
+      expect(sample(s, "webhooks_delivered_total", { user_id: "user_2", partner_id: "" })).toBe(1)
+      expect(sample(s, "webhooks_delivered_total", { user_id: "user_5", partner_id: endpoint })).toBe(1)
+      // flaky's first attempt and both of down's are 5xx; bad's one attempt is a 4xx.
+      expect(sample(s, "webhooks_failed_total", { reason: "http_5xx" })).toBe(3)
+      expect(sample(s, "webhooks_failed_total", { reason: "http_4xx" })).toBe(1)
+      expect(sample(s, "webhooks_dead_lettered_total", { reason: "http_4xx" })).toBe(1)
+      expect(sample(s, "webhooks_dead_lettered_total", { reason: "http_5xx" })).toBe(1)
+      expect(sample(s, "webhook_retries_scheduled_total")).toBe(2)
+      expect(sample(s, "webhook_rows_claimed_total")).toBe(7)
+      expect(sample(s, "webhook_deliveries_in_flight")).toBe(0)
+      expect(sample(s, "webhook_delivery_duration_seconds_count", { outcome: "delivered" })).toBe(3)
+      expect(sample(s, "webhook_delivery_duration_seconds_count", { outcome: "failed" })).toBe(2)
+      expect(sample(s, "webhook_delivery_duration_seconds_count", { outcome: "dead_letter" })).toBe(2)
+      expect(sample(s, "webhook_delivery_duration_seconds_bucket", { outcome: "delivered", le: "0.005" })).toBeDefined()
+      expect(sample(s, "webhook_delivery_duration_seconds_bucket", { outcome: "delivered", le: "30" })).toBe(3)
+      expect(sample(s, "webhook_delivery_duration_seconds_sum", { outcome: "delivered" })).toBeGreaterThan(0)
+      expect(sample(s, "webhook_queue_size", { status: "pending" })).toBe(0)
+      expect(sample(s, "webhook_queue_size", { status: "delivered" })).toBe(3)
+      expect(sample(s, "webhook_queue_size", { status: "dead_letter" })).toBe(2)
+      expect(sample(s, "webhook_queue_oldest_due_age_seconds")).toBe(0)
+      expect(sample(s, "webhook_worker_loop_heartbeat_timestamp_seconds")).toBeGreaterThan(Date.now() / 1000 - 10)
+      // Node's default process metrics.
+      expect(sample(s, "process_cpu_user_seconds_total")).toBeGreaterThan(0)
+      expect(s.some((x) => x.name === "nodejs_eventloop_lag_seconds")).toBe(true)
+      expect(after.text).toContain("# TYPE webhooks_delivered_total counter")
+      expect(after.text).toContain("# TYPE webhook_delivery_duration_seconds histogram")
+      expect(after.text).toContain("# TYPE webhook_queue_size gauge")
+      yield* stopServer
+    })))
+
+  it.live("queue gauges are cached: a burst of scrapes inside the TTL reads the database once", () =>
+    scoped(Effect.gen(function*() {
+      const metrics = Metrics.make({ tenantLabels: true, processMetrics: false })
+      const { server, stop } = yield* startServer(metrics, { queueStatsTtl: "1 second" })
+      yield* insertRaw({ url: "http://127.0.0.1:9/a" })
+      const first = yield* scrape(server)
+      expect(sample(first.samples, "webhook_queue_size", { status: "pending" })).toBe(1)
+      const refreshedAt = sample(first.samples, "webhook_queue_stats_refreshed_timestamp_seconds")
+
+      // Inside the TTL a new row is not seen, however many scrapes arrive at once.
+      yield* insertRaw({ url: "http://127.0.0.1:9/b" })
+      const burst = yield* Effect.all(Array.from({ length: 25 }, () => scrape(server)), { concurrency: "unbounded" })
+      for (const result of burst) {
+        expect(sample(result.samples, "webhook_queue_size", { status: "pending" })).toBe(1)
+        expect(sample(result.samples, "webhook_queue_stats_refreshed_timestamp_seconds")).toBe(refreshedAt)
+      }
+
+      // After it, the next scrape reads again.
+      yield* Effect.sleep("1100 millis")
+      const later = yield* scrape(server)
+      expect(sample(later.samples, "webhook_queue_size", { status: "pending" })).toBe(2)
+      expect(sample(later.samples, "webhook_queue_stats_refreshed_timestamp_seconds")).toBeGreaterThan(refreshedAt!)
+      yield* stop
+    })))
+
+  it.live("METRICS_TENANT_LABELS=false drops user_id and partner_id from the delivered counter", () =>
+    scoped(Effect.gen(function*() {
+      const receiver = yield* makeReceiver
+      const metrics = Metrics.make({ tenantLabels: false, processMetrics: false })
+      const { server, stop: stopServer } = yield* startServer(metrics)
+      const idle = yield* scrape(server)
+      expect(sample(idle.samples, "webhooks_delivered_total", {})).toBe(0)
+
+      const ids = [yield* insertRaw({ url: receiver.url(), userId: "tenant_a" }), yield* insertRaw({ url: receiver.url(), userId: "tenant_b" })]
+      const { stop } = yield* start(workerLayer({ metrics }))
+      for (const id of ids) yield* eventually(statusIs(id, "delivered"), "delivered")
+      yield* stop
+      const { samples, text } = yield* scrape(server)
+      const delivered = samples.filter((s) => s.name === "webhooks_delivered_total")
+      expect(delivered).toEqual([{ name: "webhooks_delivered_total", labels: {}, value: 2 }])
+      expect(text).not.toMatch(/user_id=|partner_id=|tenant_a|tenant_b/)
+      yield* stopServer
+    })))
+
+  it.live("the queue read stays bounded on a table of delivered rows: exact up to the limit, then the index estimate", () =>
+    scoped(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const rows = DELIVERED_EXACT_LIMIT * 2 + 500
+      yield* sql.unsafe(`
+        INSERT INTO webhook_delivery_queue (url, secret, event_type, payload, status, delivered_at)
+        SELECT 'http://127.0.0.1:9/x', 's', 'e', '{}'::json, 'delivered', now() FROM generate_series(1, ${rows})`)
+      yield* sql.unsafe(`INSERT INTO webhook_delivery_queue (url, secret, event_type, payload) VALUES ('http://127.0.0.1:9/y', 's', 'e', '{}'::json)`)
+      yield* sql.unsafe(`ANALYZE webhook_delivery_queue`)
+      const stats = yield* readQueueStats
+      expect(stats.sizes.get("pending")).toBe(1)
+      // Beyond the exact limit the planner's row estimate for idx_wdq_delivered_at stands in.
+      expect(stats.sizes.get("delivered")).toBeGreaterThan(rows * 0.9)
+      expect(stats.sizes.get("delivered")).toBeLessThan(rows * 1.1)
+
+      // No part of the statement walks the delivered rows in full: no plan node returns or
+      // filters away more rows than the exact-count limit.
+      const plan = yield* sql.unsafe<{ "QUERY PLAN": string }>(`EXPLAIN (ANALYZE, FORMAT TEXT) ${QUEUE_STATS_SQL}`)
+      const text = plan.map((line) => line["QUERY PLAN"]).join("\n")
+      const returned = [...text.matchAll(/actual time=[\d.]+\.\.[\d.]+ rows=(\d+)/g)].map((m) => Number(m[1]))
+      const filtered = [...text.matchAll(/Rows Removed by (?:Filter|Index Recheck): (\d+)/g)].map((m) => Number(m[1]))
+      expect(returned.length).toBeGreaterThan(0)
+      expect(Math.max(...returned, ...filtered)).toBeLessThanOrEqual(DELIVERED_EXACT_LIMIT + 1)
+    }).pipe(Effect.orDie)))
+})

@@ -128,7 +128,7 @@ export const validateSecret = (secret: string): Either.Either<string, InvalidEnq
   return Either.right(secret)
 }
 
-interface Row {
+export interface Row {
   readonly id: string
   readonly userId: string | null
   readonly endpointId: string | null
@@ -195,6 +195,8 @@ export const toRow = (
     return { ...base, endpointId: null, url, secret: keyring.encrypt(secret) }
   })
 
+// Result columns are single lowercase words, which read the same under snake_case/camelCase
+// renaming, so a statement runner with result-name transforms still finds them.
 const INSERT_SQL = `
 WITH ins AS (
   INSERT INTO webhook_delivery_queue
@@ -210,26 +212,49 @@ WITH ins AS (
 SELECT id::text AS id FROM ins`
 
 const EXISTING_SQL = `
-SELECT COALESCE(partner_webhook_id::text, url) AS destination, idempotency_key, id::text AS id
+SELECT COALESCE(partner_webhook_id::text, url) AS destination, idempotency_key AS ikey, id::text AS id
 FROM webhook_delivery_queue
 WHERE (COALESCE(partner_webhook_id::text, url), idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))`
 
 const ENDPOINTS_SQL = `
-SELECT id::text AS id, enabled, disabled_reason, event_types
+SELECT id::text AS id, enabled, disabled_reason AS reason, event_types AS subscribed
 FROM partner_webhooks WHERE id = ANY($1::uuid[])`
 
+/** The INSERT's parameters: one array per column, in `INSERT_SQL`'s order. */
+const insertParams = (rows: ReadonlyArray<Row>): ReadonlyArray<ReadonlyArray<unknown>> => [
+  rows.map((r) => r.id),
+  rows.map((r) => r.userId),
+  rows.map((r) => r.endpointId),
+  rows.map((r) => r.url),
+  rows.map((r) => r.secret),
+  rows.map((r) => r.eventType),
+  rows.map((r) => r.payload),
+  rows.map((r) => r.maxAttempts),
+  rows.map((r) => r.delayMs),
+  rows.map((r) => r.notBefore),
+  rows.map((r) => r.idempotencyKey),
+  rows.map((r) => r.traceparent)
+]
+
 /**
- * Inserts validated rows with one statement (on whatever SqlClient is in scope, so inside the
- * caller's transaction when there is one). Endpoint rows are checked against their endpoint:
- * it must exist, be enabled, and subscribe to the event type.
+ * Runs one statement with positional parameters and returns its rows. The Effect path runs it
+ * with `sql.unsafe` on the SqlClient in scope; the Promise API with `query` on a `pg` client.
+ * Either way it is the caller's connection, so the rows join the caller's transaction.
  */
-export const insertRows = (rows: ReadonlyArray<Row>) =>
+export type RunStatement<E> = <A extends object>(text: string, params: ReadonlyArray<unknown>) => Effect.Effect<ReadonlyArray<A>, E>
+
+/**
+ * Inserts validated rows with one statement, through `run`. Endpoint rows are checked against
+ * their endpoint first: it must exist, be enabled, and subscribe to the event type. Those checks
+ * are reads, so a typed failure leaves the caller's transaction usable.
+ */
+export const insertRowsWith = <E>(run: RunStatement<E>) =>
+(rows: ReadonlyArray<Row>): Effect.Effect<ReadonlyArray<Enqueued>, EnqueueError | E> =>
   Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
     if (rows.length === 0) return [] as ReadonlyArray<Enqueued>
     const endpointIds = [...new Set(rows.flatMap((row) => (row.endpointId === null ? [] : [row.endpointId])))]
     if (endpointIds.length > 0) {
-      const endpoints = yield* sql.unsafe<{ id: string; enabled: boolean; disabled_reason: string | null; event_types: ReadonlyArray<string> | null }>(
+      const endpoints = yield* run<{ id: string; enabled: boolean; reason: string | null; subscribed: ReadonlyArray<string> | null }>(
         ENDPOINTS_SQL,
         [endpointIds]
       )
@@ -238,36 +263,23 @@ export const insertRows = (rows: ReadonlyArray<Row>) =>
         if (row.endpointId === null) continue
         const endpoint = byId.get(row.endpointId)
         if (endpoint === undefined) return yield* new EndpointNotFound({ endpointId: row.endpointId })
-        if (!endpoint.enabled) return yield* new EndpointIsDisabled({ endpointId: row.endpointId, reason: endpoint.disabled_reason })
-        if (endpoint.event_types !== null && !endpoint.event_types.includes(row.eventType)) {
-          return yield* new EventTypeNotSubscribed({ endpointId: row.endpointId, eventType: row.eventType, subscribed: endpoint.event_types })
+        if (!endpoint.enabled) return yield* new EndpointIsDisabled({ endpointId: row.endpointId, reason: endpoint.reason })
+        if (endpoint.subscribed !== null && !endpoint.subscribed.includes(row.eventType)) {
+          return yield* new EventTypeNotSubscribed({ endpointId: row.endpointId, eventType: row.eventType, subscribed: endpoint.subscribed })
         }
       }
     }
-    const inserted = yield* sql.unsafe<{ id: string }>(INSERT_SQL, [
-      rows.map((r) => r.id),
-      rows.map((r) => r.userId),
-      rows.map((r) => r.endpointId),
-      rows.map((r) => r.url),
-      rows.map((r) => r.secret),
-      rows.map((r) => r.eventType),
-      rows.map((r) => r.payload),
-      rows.map((r) => r.maxAttempts),
-      rows.map((r) => r.delayMs),
-      rows.map((r) => r.notBefore),
-      rows.map((r) => r.idempotencyKey),
-      rows.map((r) => r.traceparent)
-    ])
+    const inserted = yield* run<{ id: string }>(INSERT_SQL, insertParams(rows))
     const insertedIds = new Set(inserted.map((row) => row.id))
     const destinationOf = (row: Row) => row.endpointId ?? row.url ?? ""
     const duplicates = rows.filter((row) => !insertedIds.has(row.id) && row.idempotencyKey !== null)
     const existing = new Map<string, string>()
     if (duplicates.length > 0) {
-      const found = yield* sql.unsafe<{ destination: string; idempotency_key: string; id: string }>(EXISTING_SQL, [
+      const found = yield* run<{ destination: string; ikey: string; id: string }>(EXISTING_SQL, [
         duplicates.map(destinationOf),
         duplicates.map((row) => row.idempotencyKey)
       ])
-      for (const row of found) existing.set(`${row.destination}\u0000${row.idempotency_key}`, row.id)
+      for (const row of found) existing.set(`${row.destination}\u0000${row.ikey}`, row.id)
     }
     // Two requests in one batch may share a key: the second is a duplicate of the first.
     const firstOfKey = new Map<string, string>()
@@ -280,5 +292,18 @@ export const insertRows = (rows: ReadonlyArray<Row>) =>
       return { id: existing.get(key) ?? firstOfKey.get(key) ?? row.id, duplicate: true }
     })
   })
+
+/**
+ * Inserts validated rows on whatever SqlClient is in scope, so inside the caller's transaction
+ * when there is one. Result-name transforms of that client are bypassed (see the SQL above).
+ */
+export const insertRows = (rows: ReadonlyArray<Row>) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) => insertRowsOn(sql)(rows))
+
+/** `insertRows` on a given SqlClient (one captured when a layer was built). */
+export const insertRowsOn = (sql: SqlClient.SqlClient) => {
+  const raw = sql.withoutTransforms()
+  return insertRowsWith<SqlError.SqlError>((text, params) => raw.unsafe(text, params))
+}
 
 export type InsertError = EnqueueError | SqlError.SqlError

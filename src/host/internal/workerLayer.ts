@@ -1,0 +1,84 @@
+import { SqlClient } from "@effect/sql"
+import { Duration, Effect, Layer, Schedule } from "effect"
+import { type AppSettings, Settings } from "../../config/AppConfig.js"
+import { ensureMigrated } from "../../db/Migrator.js"
+import * as DeliveryHttp from "../../http/DeliveryHttp.js"
+import * as Metrics from "../../observability/Metrics.js"
+import { readQueueStats } from "../../observability/MetricsServer.js"
+import { DeliveryQueue } from "../../queue/DeliveryQueue.js"
+import * as Wakeup from "../../worker/Wakeup.js"
+import * as Worker from "../../worker/Worker.js"
+import type { SettingsSource } from "../HostConfig.js"
+import type { WorkerOptions } from "../WebhookWorker.js"
+
+// Internal: the worker's layers for a host. The public surface is `WebhookWorker.layer` and
+// `startWebhookWorker`, which both resolve settings first and then build this.
+
+const DEFAULT_QUEUE_STATS_INTERVAL = Duration.seconds(15)
+
+/**
+ * Keeps the queue gauges current while the scope lives. The standalone worker refreshes them
+ * when /metrics is scraped; a host serves its registry itself, so they are read on a timer.
+ * A failed read leaves the last values (and their refresh timestamp) for the next one.
+ */
+const queueGauges = (interval: Duration.DurationInput) =>
+  Layer.scopedDiscard(
+    Effect.gen(function*() {
+      const metrics = yield* Metrics.Metrics
+      const refresh = readQueueStats.pipe(
+        Effect.map((stats) => {
+          metrics.queueSize(stats.sizes)
+          metrics.oldestDueAge(stats.oldestDueAgeSeconds)
+          metrics.queueStatsRefreshed(Date.now())
+        }),
+        Effect.catchAll((error) =>
+          Effect.logDebug("Reading queue sizes failed").pipe(Effect.annotateLogs({ error: error.message }))
+        )
+      )
+      yield* refresh.pipe(Effect.repeat(Schedule.spaced(interval)), Effect.forkScoped)
+    })
+  )
+
+/**
+ * The host's SqlClient without its name transforms: a host may rename result columns
+ * (`transformResultNames: String.snakeToCamel`), and the worker's statements read theirs as written.
+ */
+const untransformed = Layer.effect(SqlClient.SqlClient, Effect.map(SqlClient.SqlClient, (sql) => sql.withoutTransforms()))
+
+/** The worker over settings already resolved (shared by the Effect layer and the Promise API). */
+export const layerWith = (settings: AppSettings, options: Omit<WorkerOptions, keyof SettingsSource> = {}) => {
+  const tracing = options.tracing === true
+  const metrics = options.metrics
+  const deps = Layer.mergeAll(
+    DeliveryQueue.layer,
+    DeliveryHttp.layer({ tracing }),
+    options.notifications === false ? Wakeup.polling : Wakeup.layerListen,
+    metrics === undefined
+      ? Metrics.layerDetached
+      : Metrics.layer({
+        ...(metrics.registry !== undefined ? { registry: metrics.registry } : {}),
+        tenantLabels: metrics.tenantLabels ?? true,
+        processMetrics: metrics.processMetrics ?? false
+      }),
+    Worker.WorkerIdentity.layer(options.instance ?? 1),
+    Settings.layer(settings),
+    Layer.succeed(Worker.TraceDeliveries, tracing)
+  )
+  const worker = (metrics === undefined
+    ? Worker.layer
+    : Layer.merge(Worker.layer, queueGauges(metrics.queueStatsInterval ?? DEFAULT_QUEUE_STATS_INTERVAL))).pipe(
+      Layer.provide(deps)
+    )
+  if (options.migrate === false) return worker.pipe(Layer.provide(untransformed))
+  const migrated = Layer.effectDiscard(
+    ensureMigrated.pipe(
+      Effect.tap((applied) =>
+        applied.length > 0
+          ? Effect.logInfo("Applied webhook-worker migrations").pipe(Effect.annotateLogs({ applied: applied.join(",") }))
+          : Effect.void
+      )
+    )
+  )
+  return worker.pipe(Layer.provide(migrated), Layer.provide(untransformed))
+}
+

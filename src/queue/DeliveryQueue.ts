@@ -1,5 +1,5 @@
 import { SqlClient, type SqlError } from "@effect/sql"
-import { Context, Effect, Layer, Schema } from "effect"
+import { Context, Effect, Layer, Schema, type Tracer } from "effect"
 
 /** A row claimed by this worker, with what delivering it needs. */
 export interface ClaimedDelivery {
@@ -64,6 +64,8 @@ export interface Completion {
   readonly storeSecret: string | null
   /** Disable this endpoint (a 410 from it). */
   readonly disableEndpoint: string | null
+  /** The attempt's span when deliveries are traced: the batch write that records it links to it. */
+  readonly span?: Tracer.AnySpan | undefined
 }
 
 /** A claimed row given back unattempted (or interrupted at shutdown), due again at once. */

@@ -1,5 +1,5 @@
 import { type SqlError } from "@effect/sql"
-import { Duration, Effect, Queue, Schedule } from "effect"
+import { Duration, Effect, Queue, Schedule, type Tracer } from "effect"
 import { type Completion, DeliveryQueue, type Release } from "../queue/DeliveryQueue.js"
 
 export interface CompleterOptions {
@@ -12,6 +12,17 @@ export interface CompleterOptions {
 }
 
 const MAX_BATCH = 1000
+
+/**
+ * One write records many attempts, so it cannot be the child of one attempt's span: when the
+ * attempts are traced it gets its own span, linked to each of them (its SQL spans are its children).
+ */
+const traceWrite = (batch: ReadonlyArray<Completion>) => <A, E, R>(write: Effect.Effect<A, E, R>) => {
+  const links = batch.flatMap((c): Array<Tracer.SpanLink> => (c.span === undefined ? [] : [{ _tag: "SpanLink", span: c.span, attributes: {} }]))
+  return links.length === 0
+    ? write
+    : Effect.withSpan(write, "webhook.record", { root: true, links, attributes: { "webhook.batch_size": batch.length } })
+}
 
 /**
  * Group commit for attempt results: results accumulate while a write is under way and the next
@@ -47,7 +58,7 @@ export const make = (options: CompleterOptions) =>
         }
         if (completions.length > 0) {
           const batch = completions.slice(0, MAX_BATCH)
-          const recorded = yield* retryWrites(queue.complete(options.workerId, batch, options.audit()))
+          const recorded = yield* retryWrites(queue.complete(options.workerId, batch, options.audit())).pipe(traceWrite(batch))
           completions.splice(0, batch.length)
           if (recorded.size < batch.length) {
             yield* options.onLeaseLost(batch.filter((c) => !recorded.has(c.id)))

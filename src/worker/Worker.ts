@@ -16,7 +16,7 @@ import {
   SecretUndecryptable,
   WorkerDefect
 } from "../delivery/Outcome.js"
-import { DeliveryHttp, type HttpReply, redactUrl } from "../http/DeliveryHttp.js"
+import { DeliveryHttp, type HttpReply } from "../http/DeliveryHttp.js"
 import { Metrics, type WorkerMetrics } from "../observability/Metrics.js"
 import { userAgent } from "../PackageInfo.js"
 import { type ClaimedDelivery, type Completion, DeliveryQueue } from "../queue/DeliveryQueue.js"
@@ -197,7 +197,8 @@ export const run = Effect.gen(function*() {
         responseBody: reply.responseBody,
         durationMs,
         storeSecret,
-        disableEndpoint: outcome._tag === "Gone" && row.endpointId !== null ? row.endpointId : null
+        disableEndpoint: outcome._tag === "Gone" && row.endpointId !== null ? row.endpointId : null,
+        span: tracing ? Option.getOrUndefined(yield* Effect.option(Effect.currentSpan)) : undefined
       }
       completer.record(completion)
       observe(metrics, row, completion)
@@ -370,7 +371,8 @@ export const destinationHost = (url: string | null): string | null => {
   try {
     return new URL(url).host
   } catch {
-    return redactUrl(url).slice(0, 80)
+    // Never the text itself: a malformed URL may still carry a token.
+    return "(invalid URL)"
   }
 }
 

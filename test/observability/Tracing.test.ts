@@ -95,6 +95,16 @@ describe("delivery traces", () => {
           expect(call.attributes).not.toHaveProperty("url.query")
         }
 
+        // Results are written in batches: each batch write is a `webhook.record` span linked to
+        // every attempt it records, with the SQL as its child.
+        for (const delivery of deliveries) {
+          const records = spans.filter((s) =>
+            s.name === "webhook.record" && s.links.some((l) => l.context.spanId === delivery.spanContext().spanId)
+          )
+          expect(records).toHaveLength(1)
+          expect(spans.some((s) => s.name === "sql.execute" && s.parentSpanContext?.spanId === records[0]!.spanContext().spanId)).toBe(true)
+        }
+
         // The receiver got a traceparent naming each attempt's exported span.
         const hooks = receiver.requests.filter((r) => r.path.startsWith("/hooks"))
         expect(hooks.map((r) => r.headers.traceparent)).toEqual(

@@ -117,7 +117,7 @@ describe("every outcome of SPEC.md, end to end", () => {
       expect(all.get("refused")!.last_error).toMatch(/^connection failed \(ECONNREFUSED\)/)
       expectRow("dns", { status: "dead_letter", attempt_count: 2 })
       expect(all.get("dns")!.last_error).toMatch(/^DNS lookup of no-such-host\.invalid failed \((ENOTFOUND|EAI_AGAIN)\)$/)
-      expectRow("invalid_url", { status: "dead_letter", attempt_count: 1, last_error: "invalid URL: \"not a url\" is not a valid URL" })
+      expectRow("invalid_url", { status: "dead_letter", attempt_count: 1, last_error: "invalid URL: not a valid URL" })
       expectRow("ftp", { status: "dead_letter", attempt_count: 1, last_error: "invalid URL: scheme ftp is not http or https" })
       expectRow("no_secret", { status: "dead_letter", attempt_count: 1, last_error: "undecryptable secret: the row has no secret and no registered endpoint" })
       expect(all.get("undecryptable")).toMatchObject({ status: "dead_letter", attempt_count: 1 })

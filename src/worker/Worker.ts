@@ -1,7 +1,7 @@
 import { Cause, Clock, Context, Duration, Effect, Either, Fiber, FiberSet, Layer, Option, Queue, Schedule, Tracer } from "effect"
 import { hostname } from "node:os"
 import { randomBytes } from "node:crypto"
-import { type AppSettings, Settings } from "../config/AppConfig.js"
+import { type AppSettings, requireEncryptionKey, Settings } from "../config/AppConfig.js"
 import { type Keyring, keyringOf } from "../crypto/Keyring.js"
 import {
   type AttemptOutcome,
@@ -114,6 +114,8 @@ export const run = Effect.gen(function*() {
   let inFlight = 0
 
   const initial = yield* settings.get
+  // Fail at start, not on the first row: every delivery needs the key.
+  yield* requireEncryptionKey(initial)
   // Kept fresh by the claim loop; read synchronously by callbacks.
   let current: AppSettings = initial
   const completer = yield* Completer.make({

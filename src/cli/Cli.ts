@@ -3,11 +3,13 @@ import { Console, Effect, Either, Layer, Option } from "effect"
 import { type AppSettings, loadFromEnvironment, requireEncryptionKey } from "../config/AppConfig.js"
 import * as LiveSettings from "../config/LiveSettings.js"
 import { generateEncryptionKey, keyringOf } from "../crypto/Keyring.js"
-import { databaseFor } from "../db/Connect.js"
+import { databaseFor, embeddedDefaults } from "../db/Connect.js"
 import { ensureMigrated, migrate, readMigrations } from "../db/Migrator.js"
 import * as DeliveryHttp from "../http/DeliveryHttp.js"
 import * as Log from "../observability/Log.js"
 import * as Metrics from "../observability/Metrics.js"
+import * as MetricsServer from "../observability/MetricsServer.js"
+import * as Telemetry from "../observability/Telemetry.js"
 import { version } from "../PackageInfo.js"
 import { DeliveryQueue } from "../queue/DeliveryQueue.js"
 import { type Destination, insertRows, toRow } from "../queue/Enqueue.js"
@@ -15,6 +17,8 @@ import { listDeadLetters, queueStats, retryAllDeadLetters, retryDeadLetters } fr
 import * as Wakeup from "../worker/Wakeup.js"
 import * as Worker from "../worker/Worker.js"
 import { formatTable, printJson, printTable, UsageError } from "./Output.js"
+import { dlqArchiveCommand, opsCommands } from "./OpsCommands.js"
+import { receiveCommand } from "./ReceiveCommand.js"
 
 // == shared options
 
@@ -39,7 +43,8 @@ const numberOption = (name: string, kind: { integer: boolean; min: number }) =>
     })
   )
 
-const settingsFrom = (file: Option.Option<string>) => loadFromEnvironment(file)
+const settingsFrom = (file: Option.Option<string>) =>
+  loadFromEnvironment(file).pipe(Effect.flatMap((settings) => embeddedDefaults(settings, file)))
 
 /** Runs `effect` with a database client (see db/Connect.ts for which database). */
 export const withDatabase = <A, E, R>(settings: AppSettings, effect: Effect.Effect<A, E, R>) =>
@@ -63,14 +68,15 @@ const instance = numberOption("instance", { integer: true, min: 1 }).pipe(
 
 export { settingsFrom }
 
-export const runWorker = (instanceNumber: number, file: Option.Option<string>) =>
-  Effect.gen(function*() {
+export const runWorker = (instanceNumber: number, file: Option.Option<string>) => {
+  // One threshold for the logger and for SIGHUP, so a changed LOG_LEVEL applies without a restart.
+  const threshold = new Log.LogThreshold("INFO")
+  return Effect.gen(function*() {
     const settings = yield* settingsFrom(file)
     yield* requireEncryptionKey(settings)
     const database = yield* databaseFor(settings, "worker")
-    const threshold = new Log.LogThreshold(settings.logLevel)
     const live = LiveSettings.layer(settings, settingsFrom(file), (next) => threshold.set(next.logLevel))
-    const metrics = Metrics.layer({ tenantLabels: settings.metricsTenantLabels, processMetrics: true })
+    const metrics = Metrics.layer({ tenantLabels: settings.metricsTenantLabels, processMetrics: settings.metricsEnabled })
     const migrated = Layer.effectDiscard(
       ensureMigrated.pipe(
         Effect.tap((applied) => (applied.length > 0 ? Effect.logInfo("Applied migrations").pipe(Effect.annotateLogs({ applied: applied.join(",") })) : Effect.void))
@@ -79,26 +85,31 @@ export const runWorker = (instanceNumber: number, file: Option.Option<string>) =
     const app = Worker.layer.pipe(
       Layer.provide(Layer.mergeAll(
         DeliveryQueue.layer,
-        DeliveryHttp.layer({ tracing: false }),
+        DeliveryHttp.layer({ tracing: Telemetry.isEnabled(settings) }),
         database.notifications ? Wakeup.layerListen : Wakeup.polling,
-        metrics,
-        Worker.WorkerIdentity.layer(instanceNumber),
-        live
+        // A dependency of the worker, so a taken METRICS_PORT fails before any row is claimed.
+        MetricsServer.layerFromSettings(settings, instanceNumber).pipe(Layer.provideMerge(metrics)),
+        Worker.WorkerIdentity.layer(instanceNumber)
       )),
+      Layer.provide(live),
       Layer.provide(migrated),
-      Layer.provide(database.layer)
+      Layer.provide(database.layer),
+      // Outermost: the tracer is in place before anything else is built.
+      Layer.provide(Telemetry.layer(settings, instanceNumber))
     )
     yield* Effect.logInfo("Starting webhook-worker").pipe(
       Effect.annotateLogs({ version, instance: instanceNumber, database: database.description })
     )
+    yield* database.banner
     return yield* Layer.launch(app)
   }).pipe((effect) =>
     Effect.flatMap(settingsFrom(file).pipe(Effect.option), (settings) => {
       const format = Option.match(settings, { onNone: () => "json" as const, onSome: (s) => s.logFormat })
-      const level = Option.match(settings, { onNone: () => "INFO" as const, onSome: (s) => s.logLevel })
-      return Effect.provide(effect, Log.layer(format, new Log.LogThreshold(level)))
+      threshold.set(Option.match(settings, { onNone: () => "INFO" as const, onSome: (s) => s.logLevel }))
+      return Effect.provide(effect, Log.layer(format, threshold, undefined, { instance: instanceNumber }))
     })
   )
+}
 
 const runCommand = Command.make("run", { instance, envFile }, ({ envFile, instance }) => runWorker(instance, envFile)).pipe(
   Command.withDescription("Run the worker until SIGTERM/SIGINT; SIGHUP re-reads the env file")
@@ -152,7 +163,9 @@ const enqueueCommand = Command.make("enqueue", {
       userId: Option.getOrUndefined(args.userId),
       idempotencyKey: Option.getOrUndefined(args.idempotencyKey),
       maxAttempts: Option.getOrUndefined(args.maxAttempts),
-      deliverAfter: Option.getOrUndefined(Option.map(args.delay, (seconds) => seconds * 1000))
+      deliverAfter: Option.getOrUndefined(Option.map(args.delay, (seconds) => seconds * 1000)),
+      // The caller's trace context (W3C env-var carrier): the delivery spans join the caller's trace.
+      traceparent: process.env.TRACEPARENT?.trim().toLowerCase() || undefined
     }, keyring, settings.defaultMaxAttempts)
     if (Either.isLeft(row)) return yield* new UsageError({ flag: flagOf(row.left.field), reason: row.left.reason })
     const [enqueued] = yield* withDatabase(settings, insertRows([row.right]))
@@ -170,7 +183,7 @@ const flagOf = (field: string) =>
     secret: "--secret",
     payload: "--payload",
     endpoint: "--endpoint",
-    traceparent: "traceparent"
+    traceparent: "TRACEPARENT"
   } as Record<string, string>)[field] ?? field
 
 // == stats
@@ -243,14 +256,14 @@ const dlqRetry = Command.make("retry", {
     const missing = args.ids.filter((id) => !requeued.includes(id.toLowerCase()))
     yield* Console.log(`Requeued ${requeued.length} dead letter${requeued.length === 1 ? "" : "s"}.`)
     if (missing.length > 0) {
-      yield* Console.error(`Not dead letters (unknown or not dead-lettered): ${missing.join(", ")}`)
+      process.stderr.write(`Not dead letters (unknown or not dead-lettered): ${missing.join(", ")}\n`)
       process.exitCode = 1
     }
   })).pipe(Command.withDescription("Put dead letters back to pending with a fresh attempt budget"))
 
 const dlqCommand = Command.make("dlq").pipe(
   Command.withDescription("Dead letter queue"),
-  Command.withSubcommands([dlqList, dlqRetry])
+  Command.withSubcommands([dlqList, dlqRetry, dlqArchiveCommand])
 )
 
 // == keygen
@@ -261,7 +274,7 @@ const keygenCommand = Command.make("keygen", {}, () => Console.log(generateEncry
 
 export const root = Command.make("webhook-worker").pipe(
   Command.withDescription("Webhook delivery worker with its queue in PostgreSQL"),
-  Command.withSubcommands([migrateCommand, runCommand, enqueueCommand, statsCommand, dlqCommand, keygenCommand])
+  Command.withSubcommands([migrateCommand, runCommand, enqueueCommand, statsCommand, dlqCommand, keygenCommand, receiveCommand, ...opsCommands])
 )
 
 export const cli = Command.run(root, { name: "webhook-worker", version })

@@ -99,3 +99,73 @@ export const retryAllDeadLetters = (
       if (rows.length < batchSize) return total
     }
   })
+
+// == archive and cleanup (ops: `dlq archive`, `cleanup`)
+
+// One statement per batch: the rows leave the queue and enter the archive together, so a crash
+// between batches loses nothing and a re-run continues. SKIP LOCKED: a dead letter being requeued
+// by `dlq retry` at this moment is left to it.
+const ARCHIVE_SQL = `
+WITH batch AS (
+  SELECT id FROM webhook_delivery_queue
+  WHERE status = 'dead_letter' AND "updatedAt" < $1
+  ORDER BY "updatedAt"
+  LIMIT $2
+  FOR UPDATE SKIP LOCKED
+), moved AS (
+  DELETE FROM webhook_delivery_queue q USING batch
+  WHERE q.id = batch.id AND q.status = 'dead_letter'
+  RETURNING q.id, q."userId", q.partner_webhook_id, q.url, q.event_type, q.payload, q.attempt_count,
+            q.max_attempts, q.last_response_status, q.last_error, q.idempotency_key, q.traceparent,
+            q."createdAt", q."updatedAt"
+), archived AS (
+  INSERT INTO webhook_dead_letter_archive
+    (id, "userId", partner_webhook_id, url, event_type, payload, attempt_count, max_attempts,
+     last_response_status, last_error, idempotency_key, traceparent, "createdAt", dead_lettered_at)
+  SELECT * FROM moved
+  -- A delivery archived before, requeued by hand and dead again: keep its latest state.
+  ON CONFLICT (id) DO UPDATE SET
+    attempt_count = EXCLUDED.attempt_count, last_response_status = EXCLUDED.last_response_status,
+    last_error = EXCLUDED.last_error, dead_lettered_at = EXCLUDED.dead_lettered_at, archived_at = now()
+)
+SELECT count(*)::int AS moved FROM moved`
+
+/**
+ * Moves dead letters dead-lettered more than `olderThanDays` ago into webhook_dead_letter_archive,
+ * in committed batches. The cutoff is fixed when the run starts, so it ends however many rows
+ * age past it meanwhile. `onStart` gets how many rows the run expects to move.
+ */
+export const archiveDeadLetters = <E = never>(
+  olderThanDays: number,
+  progress: {
+    readonly onStart?: (total: number) => Effect.Effect<void, E>
+    readonly onProgress?: (done: number) => Effect.Effect<void, E>
+  } = {},
+  batchSize = 1000
+) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const [start] = yield* sql<{ cutoff: Date; total: number }>`
+      WITH c AS (SELECT now() - make_interval(days => ${olderThanDays}) AS cutoff)
+      SELECT c.cutoff, (SELECT count(*)::int FROM webhook_delivery_queue
+                        WHERE status = 'dead_letter' AND "updatedAt" < c.cutoff) AS total
+      FROM c`
+    const cutoff = start!.cutoff
+    if (progress.onStart) yield* progress.onStart(start!.total)
+    let moved = 0
+    while (true) {
+      const [batch] = yield* sql.unsafe<{ moved: number }>(ARCHIVE_SQL, [cutoff, batchSize])
+      const count = batch?.moved ?? 0
+      moved += count
+      if (progress.onProgress) yield* progress.onProgress(moved)
+      // Stop on an empty batch, not a short one: rows skipped while locked may still be there.
+      if (count === 0) return { archived: moved, cutoff }
+    }
+  })
+
+/** The deployment guide's `cleanup_delivered_webhooks(days)`: removes delivered rows (and their log). */
+export const cleanupDelivered = (olderThanDays: number) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql<{ removed: number }>`SELECT cleanup_delivered_webhooks(${olderThanDays}) AS removed`.pipe(
+      Effect.map((rows) => rows[0]?.removed ?? 0)
+    ))

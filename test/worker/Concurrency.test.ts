@@ -37,8 +37,9 @@ describe("workers sharing one queue", () => {
       receiver.respond = () => ({ status: 200, delayMs: Math.random() < 0.1 ? 20 : 0 })
       const rows = 400
       yield* enqueue(rows, receiver.url())
-      const stopA = yield* startWorker({ batchSize: 7, maxConcurrentDeliveries: 20 })
-      const stopB = yield* startWorker({ batchSize: 13, maxConcurrentDeliveries: 30 })
+      // Generous timeout and lease: any duplicate would come from the claim, not from a retry.
+      const stopA = yield* startWorker({ batchSize: 7, maxConcurrentDeliveries: 20, deliveryTimeoutMs: 15_000, leaseMs: 60_000 })
+      const stopB = yield* startWorker({ batchSize: 13, maxConcurrentDeliveries: 30, deliveryTimeoutMs: 15_000, leaseMs: 60_000 })
       yield* eventually(Effect.map(countByStatus, (counts) => counts.delivered === rows || undefined), "all delivered", 30_000)
       yield* stopA
       yield* stopB

@@ -1,0 +1,361 @@
+import { Args, Command, HelpDoc, Options, ValidationError } from "@effect/cli"
+import { Console, Effect, Either, Option } from "effect"
+import { type AppSettings, loadFromEnvironment, requireEncryptionKey } from "../config/AppConfig.js"
+import { type Keyring, keyringOf } from "../crypto/Keyring.js"
+import { type RotationReport, rotateKey } from "../crypto/Rotation.js"
+import { databaseFor, embeddedDefaults } from "../db/Connect.js"
+import { validateSecret, validateUrl } from "../queue/Enqueue.js"
+import * as Endpoints from "../queue/Endpoints.js"
+import { archiveDeadLetters, cleanupDelivered } from "../queue/Operations.js"
+import { CommandFailed, printJson, printTable, UsageError } from "./Output.js"
+
+/**
+ * Operations commands: endpoints, dead-letter archive, cleanup, key rotation. They follow the
+ * conventions of Cli.ts (exit 2 with one line naming the flag or variable for bad input) but do
+ * not import it: Cli.ts imports this module, and in that cycle Cli.ts's helpers would not yet be
+ * initialised when the options below are built.
+ */
+
+// == shared options and helpers
+
+const envFile = Options.file("env-file", { exists: "either" }).pipe(
+  Options.withDescription("Read variables from this file (KEY=value lines); they override the environment"),
+  Options.optional
+)
+const json = Options.boolean("json").pipe(Options.withDescription("Print one JSON document"))
+
+/** A numeric option whose error names the flag. */
+const numberOption = (name: string, kind: { integer: boolean; min: number; max?: number }) =>
+  Options.text(name).pipe(
+    Options.withPseudoName(kind.integer ? "integer" : "number"),
+    Options.mapEffect((raw) => {
+      const value = Number(raw)
+      const ok = raw.trim() !== "" && Number.isFinite(value) && (!kind.integer || Number.isInteger(value)) &&
+        value >= kind.min && (kind.max === undefined || value <= kind.max)
+      const range = kind.max === undefined ? `of at least ${kind.min}` : `from ${kind.min} to ${kind.max}`
+      return ok
+        ? Effect.succeed(value)
+        : Effect.fail(ValidationError.invalidValue(HelpDoc.p(
+          `--${name}: expected ${kind.integer ? "an integer" : "a number"} ${range}, got "${raw}"`
+        )))
+    })
+  )
+
+const batchSize = numberOption("batch-size", { integer: true, min: 1, max: 100_000 }).pipe(
+  Options.withDescription("Rows per committed batch"),
+  Options.optional
+)
+
+const olderThan = numberOption("older-than", { integer: true, min: 0, max: 36_500 }).pipe(
+  Options.withPseudoName("DAYS"),
+  Options.withDescription("Only rows older than this many days")
+)
+
+const endpointId = Args.text({ name: "ID" }).pipe(Args.withDescription("The endpoint's id (see `endpoints list`)"))
+
+/** Settings as Cli.ts reads them: environment, env file, and the embedded database's defaults. */
+const settingsFrom = (file: Option.Option<string>) =>
+  loadFromEnvironment(file).pipe(Effect.flatMap((settings) => embeddedDefaults(settings, file)))
+
+/** Runs `effect` with a database client: DATABASE_URL, or the embedded database (db/Connect.ts). */
+const withDatabase = <A, E, R>(settings: AppSettings, effect: Effect.Effect<A, E, R>) =>
+  Effect.flatMap(databaseFor(settings, "command"), (database) => effect.pipe(Effect.provide(database.layer)))
+
+const keyringFrom = (settings: AppSettings) =>
+  Effect.map(requireEncryptionKey(settings), () => Option.getOrThrow(keyringOf(settings)))
+
+const FLAGS: Record<Endpoints.InvalidEndpoint["field"], string> = {
+  url: "--url",
+  secret: "--secret",
+  eventTypes: "--event-types",
+  userId: "--user-id",
+  id: "ID",
+  grace: "--grace"
+}
+
+const usage = (error: Endpoints.InvalidEndpoint) => new UsageError({ flag: FLAGS[error.field], reason: error.reason })
+
+/** Checks an ID argument before anything else, so a typo is a usage error (exit 2). */
+const checkId = (id: string) => Either.mapLeft(Endpoints.validateEndpointId(id), usage)
+
+/**
+ * A line on stderr. Not Console.error: main.ts swaps the console's error channel for a collector
+ * of @effect/cli usage messages, so notes written through it would never be shown.
+ */
+const note = (line: string) => Effect.sync(() => void process.stderr.write(line + "\n"))
+
+const plural = (n: number, one: string, many = `${one}s`) => `${n} ${n === 1 ? one : many}`
+
+// == progress
+
+/** One line of a progress bar, e.g. `rotate-key [#######-------] 120/480 25%`. */
+export const renderProgress = (label: string, done: number, total: number, width = 30): string => {
+  const ratio = total <= 0 ? 1 : Math.min(1, done / total)
+  const filled = Math.round(ratio * width)
+  return `${label} [${"#".repeat(filled)}${"-".repeat(width - filled)}] ${done}/${total} ${Math.floor(ratio * 100)}%`
+}
+
+/**
+ * A progress bar redrawn in place on stderr when stderr is a terminal (at most 10 times a second);
+ * nothing at all otherwise, so logs and pipes get only the command's one summary line.
+ */
+export const makeProgress = (label: string, stream: NodeJS.WriteStream = process.stderr) => {
+  const interactive = stream.isTTY === true
+  let lastDrawn = 0
+  let state = { done: 0, total: 0 }
+  const draw = () => stream.write(`\r${renderProgress(label, state.done, state.total)}\u001b[K`)
+  return {
+    interactive,
+    update: (done: number, total: number) =>
+      Effect.sync(() => {
+        state = { done, total }
+        if (!interactive) return
+        const now = Date.now()
+        if (now - lastDrawn < 100) return
+        lastDrawn = now
+        draw()
+      }),
+    /** Draws the final state and ends the line (also after a failure, so the prompt is clean). */
+    finish: Effect.sync(() => {
+      if (!interactive || lastDrawn === 0) return
+      draw()
+      stream.write("\n")
+    })
+  }
+}
+
+// == endpoints
+
+const endpointsAdd = Command.make("add", {
+  url: Options.text("url").pipe(Options.withDescription("The partner's endpoint URL (http or https)")),
+  userId: Options.text("user-id").pipe(Options.withDescription("The user or tenant it belongs to"), Options.optional),
+  eventTypes: Options.text("event-types").pipe(
+    Options.withPseudoName("a,b"),
+    Options.withDescription("Comma-separated event types it receives (default: all); enqueue --endpoint refuses others"),
+    Options.optional
+  ),
+  secret: Options.text("secret").pipe(
+    Options.withPseudoName("whsec_…"),
+    Options.withDescription("Signing secret (default: a new whsec_ secret of 32 random bytes)"),
+    Options.optional
+  ),
+  json,
+  envFile
+}, (args) =>
+  Effect.gen(function*() {
+    // Input first: bad input is exit 2 whatever the configuration.
+    yield* Either.mapLeft(validateUrl(args.url), (e) => new UsageError({ flag: "--url", reason: e.reason }))
+    if (Option.isSome(args.secret)) {
+      yield* Either.mapLeft(validateSecret(args.secret.value), (e) => new UsageError({ flag: "--secret", reason: e.reason }))
+    }
+    const eventTypes = Option.isSome(args.eventTypes)
+      ? yield* Either.mapLeft(Endpoints.parseEventTypes(args.eventTypes.value), usage)
+      : undefined
+    const settings = yield* settingsFrom(args.envFile)
+    const keyring = yield* keyringFrom(settings)
+    const added = yield* withDatabase(
+      settings,
+      Endpoints.addEndpoint({
+        url: args.url,
+        userId: Option.getOrUndefined(args.userId),
+        eventTypes,
+        secret: Option.getOrUndefined(args.secret)
+      }, keyring)
+    ).pipe(Effect.mapError((e) => (e._tag === "InvalidEndpoint" ? usage(e) : e)))
+    if (args.json) yield* printJson({ ...added.endpoint, secret: added.secret })
+    else yield* Console.log(`id      ${added.endpoint.id}\nsecret  ${added.secret}`)
+    yield* note("Give the secret to the partner now: it is stored encrypted and not shown again.")
+  })).pipe(Command.withDescription("Register a partner endpoint; prints its id and signing secret (the only time the secret is shown)"))
+
+const endpointsList = Command.make("list", { json, envFile }, ({ envFile, json }) =>
+  Effect.gen(function*() {
+    const settings = yield* settingsFrom(envFile)
+    const endpoints = yield* withDatabase(settings, Endpoints.listEndpoints)
+    if (json) return yield* printJson(endpoints)
+    if (endpoints.length === 0) return yield* Console.log("No endpoints.")
+    yield* printTable(
+      ["id", "url", "user_id", "event_types", "enabled", "disabled_reason", "previous_secret_until", "created_at"],
+      endpoints.map((endpoint) => ({
+        ...endpoint,
+        event_types: endpoint.event_types === null ? "*" : endpoint.event_types.join(","),
+        enabled: endpoint.enabled ? "yes" : "no"
+      }))
+    )
+  })).pipe(Command.withDescription("Registered endpoints (never their secrets)"))
+
+const endpointsDisable = Command.make("disable", {
+  id: endpointId,
+  reason: Options.text("reason").pipe(Options.withDescription("Why (shown in `endpoints list`)"), Options.optional),
+  envFile
+}, (args) =>
+  Effect.gen(function*() {
+    const id = yield* checkId(args.id)
+    const settings = yield* settingsFrom(args.envFile)
+    const result = yield* withDatabase(settings, Endpoints.setEndpointEnabled(id, false, Option.getOrNull(args.reason)))
+    if (!result.changed) {
+      return yield* Console.log(`Endpoint ${id} was already disabled${result.endpoint.disabled_reason ? ` (${result.endpoint.disabled_reason})` : ""}.`)
+    }
+    yield* Console.log(`Disabled endpoint ${id}.`)
+    if (result.queued > 0) {
+      yield* Console.log(
+        `${plural(result.queued, "queued delivery", "queued deliveries")} will be dead-lettered as they fall due; ` +
+          `after \`webhook-worker endpoints enable ${id}\`, \`webhook-worker dlq retry --all --endpoint ${id}\` requeues them.`
+      )
+    }
+  })).pipe(Command.withDescription("Stop deliveries to an endpoint (its queued deliveries are dead-lettered as they fall due)"))
+
+const endpointsEnable = Command.make("enable", { id: endpointId, envFile }, (args) =>
+  Effect.gen(function*() {
+    const id = yield* checkId(args.id)
+    const settings = yield* settingsFrom(args.envFile)
+    const result = yield* withDatabase(settings, Endpoints.setEndpointEnabled(id, true, null))
+    yield* Console.log(result.changed ? `Enabled endpoint ${id}.` : `Endpoint ${id} was already enabled.`)
+    if (result.deadLetters > 0) {
+      yield* Console.log(
+        `It has ${plural(result.deadLetters, "dead letter")}: \`webhook-worker dlq retry --all --endpoint ${id}\` requeues them.`
+      )
+    }
+  })).pipe(Command.withDescription("Resume deliveries to an endpoint (also after a 410 disabled it)"))
+
+const endpointsRotateSecret = Command.make("rotate-secret", {
+  id: endpointId,
+  grace: numberOption("grace", { integer: false, min: 0, max: Endpoints.MAX_GRACE_HOURS }).pipe(
+    Options.withPseudoName("HOURS"),
+    Options.withDescription("Hours the old secret keeps signing alongside the new one (0: stop at once)"),
+    Options.withDefault(24)
+  ),
+  secret: Options.text("secret").pipe(
+    Options.withPseudoName("whsec_…"),
+    Options.withDescription("The new secret (default: a new whsec_ secret of 32 random bytes)"),
+    Options.optional
+  ),
+  json,
+  envFile
+}, (args) =>
+  Effect.gen(function*() {
+    const id = yield* checkId(args.id)
+    if (Option.isSome(args.secret)) {
+      yield* Either.mapLeft(validateSecret(args.secret.value), (e) => new UsageError({ flag: "--secret", reason: e.reason }))
+    }
+    const settings = yield* settingsFrom(args.envFile)
+    const keyring = yield* keyringFrom(settings)
+    const rotated = yield* withDatabase(
+      settings,
+      Endpoints.rotateEndpointSecret(id, args.grace, keyring, Option.getOrUndefined(args.secret))
+    ).pipe(Effect.mapError((e) => (e._tag === "InvalidEndpoint" ? usage(e) : e)))
+    const until = rotated.previousSecretUntil
+    if (args.json) {
+      yield* printJson({ id, secret: rotated.secret, previous_secret_until: until })
+    } else {
+      yield* Console.log(`id      ${id}\nsecret  ${rotated.secret}`)
+    }
+    yield* note(
+      until === null
+        ? "The old secret no longer signs. Give the new secret to the partner now: it is not shown again."
+        : `Until ${until.toISOString()} every request carries two signatures, with the old and the new secret. ` +
+          "Give the new secret to the partner now: it is not shown again."
+    )
+    if (rotated.replacedOpenRotation) {
+      yield* note("The previous rotation's grace window was still open: the secret before it stopped signing now.")
+    }
+  })).pipe(Command.withDescription("Give an endpoint a new signing secret; the old one keeps signing for --grace hours"))
+
+const endpointsCommand = Command.make("endpoints").pipe(
+  Command.withDescription("Registered partner endpoints (partner_webhooks)"),
+  Command.withSubcommands([endpointsAdd, endpointsList, endpointsDisable, endpointsEnable, endpointsRotateSecret])
+)
+
+// == dlq archive
+
+/** `webhook-worker dlq archive`; Cli.ts adds it to the `dlq` subcommands. */
+export const dlqArchiveCommand = Command.make("archive", { olderThan, batchSize, json, envFile }, (args) =>
+  Effect.gen(function*() {
+    const settings = yield* settingsFrom(args.envFile)
+    const progress = makeProgress("dlq archive")
+    let total = 0
+    const result = yield* withDatabase(
+      settings,
+      archiveDeadLetters(args.olderThan, {
+        onStart: (n) => Effect.sync(() => (total = n)),
+        onProgress: (done) => progress.update(done, Math.max(total, done))
+      }, Option.getOrUndefined(args.batchSize))
+    ).pipe(Effect.ensuring(progress.finish))
+    if (args.json) return yield* printJson({ archived: result.archived, cutoff: result.cutoff })
+    yield* Console.log(
+      `Archived ${plural(result.archived, "dead letter")} dead-lettered before ${result.cutoff.toISOString()} into webhook_dead_letter_archive.`
+    )
+  })).pipe(Command.withDescription("Move dead letters older than --older-than days into webhook_dead_letter_archive (batched)"))
+
+// == cleanup
+
+const cleanupCommand = Command.make("cleanup", { olderThan, json, envFile }, (args) =>
+  Effect.gen(function*() {
+    const settings = yield* settingsFrom(args.envFile)
+    const removed = yield* withDatabase(settings, cleanupDelivered(args.olderThan))
+    if (args.json) return yield* printJson({ removed })
+    yield* Console.log(`Removed ${plural(removed, "delivered webhook")} older than ${plural(args.olderThan, "day")}.`)
+  })).pipe(Command.withDescription("Delete delivered webhooks (and their log rows) older than --older-than days: cleanup_delivered_webhooks(DAYS)"))
+
+// == rotate-key
+
+/** The one summary line of a rotation. */
+export const rotationSummary = (report: RotationReport): string => {
+  const { deliveries, endpoints } = report.reencrypted
+  const what = deliveries + endpoints === 0
+    ? "No secret needed re-encrypting"
+    : `Re-encrypted the secrets of ${plural(endpoints, "endpoint")} and ${plural(deliveries, "delivery", "deliveries")}`
+  const left = report.remaining === 0 && report.undecryptableCount === 0
+    ? "none left under previous keys"
+    : [
+      report.undecryptableCount > 0 ? `${report.undecryptableCount} undecryptable (left unchanged)` : "",
+      report.remaining > 0 ? `${report.remaining} still to do (run again)` : ""
+    ].filter((part) => part !== "").join(", ")
+  return `${what} under key ${report.currentKeyId}; ${left}.`
+}
+
+const rotateKeyCommand = Command.make("rotate-key", { batchSize, json, envFile }, (args) =>
+  Effect.gen(function*() {
+    const settings = yield* settingsFrom(args.envFile)
+    const keyring: Keyring = yield* keyringFrom(settings)
+    if (settings.previousEncryptionKeys.length === 0) {
+      yield* note(
+        "WEBHOOK_SECRET_ENCRYPTION_KEY_PREVIOUS is not set: only plaintext secrets can be encrypted; " +
+          "secrets under any other key will be reported as undecryptable."
+      )
+    }
+    const progress = makeProgress("rotate-key")
+    const report = yield* withDatabase(
+      settings,
+      rotateKey(keyring, {
+        batchSize: Option.getOrElse(args.batchSize, () => 500),
+        // A few examples name the problem; the count says how big it is.
+        reportLimit: args.json ? 100 : 10,
+        onProgress: ({ done, total }) => progress.update(done, total)
+      })
+    ).pipe(Effect.ensuring(progress.finish))
+    if (args.json) yield* printJson(report)
+    else yield* Console.log(rotationSummary(report))
+    for (const entry of report.undecryptable) {
+      yield* note(`undecryptable: ${entry.table} ${entry.id} ${entry.column}: ${entry.reason}`)
+    }
+    if (report.undecryptableCount > report.undecryptable.length) {
+      yield* note(`undecryptable: … and ${report.undecryptableCount - report.undecryptable.length} more`)
+    }
+    if (report.undecryptableCount > 0) {
+      return yield* new CommandFailed({
+        reason: `${plural(report.undecryptableCount, "secret")} could not be decrypted with any configured key and ` +
+          "were left unchanged: add the key they were written with to WEBHOOK_SECRET_ENCRYPTION_KEY_PREVIOUS and run rotate-key again"
+      })
+    }
+    if (report.remaining > 0) {
+      return yield* new CommandFailed({
+        reason: `${plural(report.remaining, "row")} still hold secrets under a previous key (busy, or written by a process ` +
+          "still on the old configuration): run rotate-key again"
+      })
+    }
+  })).pipe(Command.withDescription(
+    "Re-encrypt every stored secret under WEBHOOK_SECRET_ENCRYPTION_KEY, reading old ones with WEBHOOK_SECRET_ENCRYPTION_KEY_PREVIOUS (batched, resumable, safe while workers run)"
+  ))
+
+/** The top-level commands this module adds; Cli.ts lists them among the root subcommands. */
+export const opsCommands = [endpointsCommand, cleanupCommand, rotateKeyCommand] as const

@@ -1,54 +1,15 @@
-import { Args, Command, HelpDoc, Options, ValidationError } from "@effect/cli"
-import { Console, Effect, Either, Layer, Option } from "effect"
-import { type AppSettings, loadFromEnvironment, requireEncryptionKey } from "../config/AppConfig.js"
-import * as LiveSettings from "../config/LiveSettings.js"
-import { generateEncryptionKey, keyringOf } from "../crypto/Keyring.js"
-import { databaseFor, embeddedDefaults } from "../db/Connect.js"
-import { ensureMigrated, migrate, readMigrations } from "../db/Migrator.js"
-import * as DeliveryHttp from "../http/DeliveryHttp.js"
-import * as Log from "../observability/Log.js"
-import * as Metrics from "../observability/Metrics.js"
-import * as MetricsServer from "../observability/MetricsServer.js"
-import * as Telemetry from "../observability/Telemetry.js"
+import { Args, Command, Options } from "@effect/cli"
+import { Effect, Either, Option } from "effect"
+import { generateEncryptionKey } from "../crypto/Keyring.js"
+import { migrate, readMigrations } from "../db/Migrator.js"
 import { version } from "../PackageInfo.js"
-import { DeliveryQueue } from "../queue/DeliveryQueue.js"
 import { type Destination, insertRows, toRow } from "../queue/Enqueue.js"
 import { listDeadLetters, queueStats, retryAllDeadLetters, retryDeadLetters } from "../queue/Operations.js"
-import * as Wakeup from "../worker/Wakeup.js"
-import * as Worker from "../worker/Worker.js"
-import { formatTable, printJson, printTable, UsageError } from "./Output.js"
+import { envFile, json, keyringFrom, numberOption, settingsFrom, withDatabase } from "./Common.js"
+import { CliEnvironment, say } from "./CliEnvironment.js"
+import { CommandFailed, formatTable, printJson, printTable, UsageError } from "./Output.js"
 import { dlqArchiveCommand, opsCommands } from "./OpsCommands.js"
 import { receiveCommand } from "./ReceiveCommand.js"
-
-// == shared options
-
-const envFile = Options.file("env-file", { exists: "either" }).pipe(
-  Options.withDescription("Read variables from this file (KEY=value lines); they override the environment"),
-  Options.optional
-)
-const json = Options.boolean("json").pipe(Options.withDescription("Print one JSON document"))
-
-/** A numeric option whose error names the flag (the stock integer option's message does not). */
-const numberOption = (name: string, kind: { integer: boolean; min: number }) =>
-  Options.text(name).pipe(
-    Options.withPseudoName(kind.integer ? "integer" : "number"),
-    Options.mapEffect((raw) => {
-      const value = Number(raw)
-      const ok = raw.trim() !== "" && Number.isFinite(value) && (!kind.integer || Number.isInteger(value)) && value >= kind.min
-      return ok
-        ? Effect.succeed(value)
-        : Effect.fail(ValidationError.invalidValue(HelpDoc.p(
-          `--${name}: expected ${kind.integer ? "an integer" : "a number"} of at least ${kind.min}, got "${raw}"`
-        )))
-    })
-  )
-
-const settingsFrom = (file: Option.Option<string>) =>
-  loadFromEnvironment(file).pipe(Effect.flatMap((settings) => embeddedDefaults(settings, file)))
-
-/** Runs `effect` with a database client (see db/Connect.ts for which database). */
-export const withDatabase = <A, E, R>(settings: AppSettings, effect: Effect.Effect<A, E, R>) =>
-  Effect.flatMap(databaseFor(settings, "command"), (database) => effect.pipe(Effect.provide(database.layer)))
 
 // == migrate
 
@@ -56,7 +17,7 @@ const migrateCommand = Command.make("migrate", { envFile }, ({ envFile }) =>
   Effect.gen(function*() {
     const settings = yield* settingsFrom(envFile)
     const applied = yield* withDatabase(settings, Effect.flatMap(readMigrations(), migrate))
-    yield* Console.log(applied.length === 0 ? "Database schema is up to date." : `Applied ${applied.join(", ")}.`)
+    yield* say(applied.length === 0 ? "Database schema is up to date." : `Applied ${applied.join(", ")}.`)
   })).pipe(Command.withDescription("Apply migrations/*.sql in order, once each (safe to run twice, or from two hosts at once)"))
 
 // == run
@@ -66,52 +27,10 @@ const instance = numberOption("instance", { integer: true, min: 1 }).pipe(
   Options.withDefault(1)
 )
 
-export { settingsFrom }
-
-export const runWorker = (instanceNumber: number, file: Option.Option<string>) => {
-  // One threshold for the logger and for SIGHUP, so a changed LOG_LEVEL applies without a restart.
-  const threshold = new Log.LogThreshold("INFO")
-  return Effect.gen(function*() {
-    const settings = yield* settingsFrom(file)
-    yield* requireEncryptionKey(settings)
-    const database = yield* databaseFor(settings, "worker")
-    const live = LiveSettings.layer(settings, settingsFrom(file), (next) => threshold.set(next.logLevel))
-    const metrics = Metrics.layer({ tenantLabels: settings.metricsTenantLabels, processMetrics: settings.metricsEnabled })
-    const migrated = Layer.effectDiscard(
-      ensureMigrated.pipe(
-        Effect.tap((applied) => (applied.length > 0 ? Effect.logInfo("Applied migrations").pipe(Effect.annotateLogs({ applied: applied.join(",") })) : Effect.void))
-      )
-    )
-    const app = Worker.layer.pipe(
-      Layer.provide(Layer.mergeAll(
-        DeliveryQueue.layer,
-        DeliveryHttp.layer({ tracing: Telemetry.isEnabled(settings) }),
-        database.notifications ? Wakeup.layerListen : Wakeup.polling,
-        // A dependency of the worker, so a taken METRICS_PORT fails before any row is claimed.
-        MetricsServer.layerFromSettings(settings, instanceNumber).pipe(Layer.provideMerge(metrics)),
-        Worker.WorkerIdentity.layer(instanceNumber)
-      )),
-      Layer.provide(live),
-      Layer.provide(migrated),
-      Layer.provide(database.layer),
-      // Outermost: the tracer is in place before anything else is built.
-      Layer.provide(Telemetry.layer(settings, instanceNumber))
-    )
-    yield* Effect.logInfo("Starting webhook-worker").pipe(
-      Effect.annotateLogs({ version, instance: instanceNumber, database: database.description })
-    )
-    yield* database.banner
-    return yield* Layer.launch(app)
-  }).pipe((effect) =>
-    Effect.flatMap(settingsFrom(file).pipe(Effect.option), (settings) => {
-      const format = Option.match(settings, { onNone: () => "json" as const, onSome: (s) => s.logFormat })
-      threshold.set(Option.match(settings, { onNone: () => "INFO" as const, onSome: (s) => s.logLevel }))
-      return Effect.provide(effect, Log.layer(format, threshold, undefined, { instance: instanceNumber }))
-    })
-  )
-}
-
-const runCommand = Command.make("run", { instance, envFile }, ({ envFile, instance }) => runWorker(instance, envFile)).pipe(
+// The worker's modules (HTTP client, metrics server, telemetry) load only for `run`: other
+// commands start in a fraction of the time.
+const runCommand = Command.make("run", { instance, envFile }, ({ envFile, instance }) =>
+  Effect.flatMap(Effect.promise(() => import("./RunCommand.js")), (run) => run.runWorker(instance, envFile))).pipe(
   Command.withDescription("Run the worker until SIGTERM/SIGINT; SIGHUP re-reads the env file")
 )
 
@@ -154,8 +73,8 @@ const enqueueCommand = Command.make("enqueue", {
       return yield* new UsageError({ flag: "--payload", reason: `not valid JSON: ${(error as Error).message}` })
     }
     const settings = yield* settingsFrom(args.envFile)
-    yield* requireEncryptionKey(settings)
-    const keyring = Option.getOrThrow(keyringOf(settings))
+    const keyring = yield* keyringFrom(settings)
+    const io = yield* CliEnvironment
     const row = toRow({
       destination,
       eventType: args.eventType,
@@ -165,12 +84,12 @@ const enqueueCommand = Command.make("enqueue", {
       maxAttempts: Option.getOrUndefined(args.maxAttempts),
       deliverAfter: Option.getOrUndefined(Option.map(args.delay, (seconds) => seconds * 1000)),
       // The caller's trace context (W3C env-var carrier): the delivery spans join the caller's trace.
-      traceparent: process.env.TRACEPARENT?.trim().toLowerCase() || undefined
+      traceparent: io.env.TRACEPARENT?.trim().toLowerCase() || undefined
     }, keyring, settings.defaultMaxAttempts)
     if (Either.isLeft(row)) return yield* new UsageError({ flag: flagOf(row.left.field), reason: row.left.reason })
     const [enqueued] = yield* withDatabase(settings, insertRows([row.right]))
     if (args.json) yield* printJson(enqueued)
-    else yield* Console.log(enqueued!.duplicate ? `${enqueued!.id} (already queued with this idempotency key)` : enqueued!.id)
+    else yield* say(enqueued!.duplicate ? `${enqueued!.id} (already queued with this idempotency key)` : enqueued!.id)
   })).pipe(Command.withDescription("Queue one delivery and print its id"))
 
 const flagOf = (field: string) =>
@@ -193,7 +112,7 @@ const statsCommand = Command.make("stats", { json, envFile }, ({ envFile, json }
     const settings = yield* settingsFrom(envFile)
     const rows = yield* withDatabase(settings, queueStats)
     if (json) return yield* printJson(rows)
-    if (rows.length === 0) return yield* Console.log("The queue is empty.")
+    if (rows.length === 0) return yield* say("The queue is empty.")
     yield* printTable(["status", "count", "oldest_pending", "avg_attempts"], rows.map((row) => ({
       ...row,
       avg_attempts: row.avg_attempts?.toFixed(2)
@@ -211,7 +130,7 @@ const dlqList = Command.make("list", {
     const settings = yield* settingsFrom(envFile)
     const rows = yield* withDatabase(settings, listDeadLetters(limit))
     if (json) return yield* printJson(rows)
-    if (rows.length === 0) return yield* Console.log("No dead letters.")
+    if (rows.length === 0) return yield* say("No dead letters.")
     yield* printTable(
       ["id", "event_type", "attempt_count", "last_response_status", "dead_lettered_at", "last_error"],
       rows.map((row) => ({ ...row, last_error: row.last_error?.slice(0, 100) }))
@@ -244,20 +163,18 @@ const dlqRetry = Command.make("retry", {
     }
     const settings = yield* settingsFrom(args.envFile)
     if (args.all) {
-      const interactive = process.stderr.isTTY === true
       const total = yield* withDatabase(settings, retryAllDeadLetters(
         { eventType: Option.getOrUndefined(args.eventType), since: sinceDate, endpointId: endpoint },
-        (done) => (interactive ? Effect.sync(() => process.stderr.write(`\rrequeued ${done}`)) : Effect.void)
+        (done) => Effect.flatMap(CliEnvironment, (io) => Effect.sync(() => io.stderrIsTTY && io.stderr(`\rrequeued ${done}`)))
       ))
-      if (interactive) process.stderr.write("\n")
-      return yield* Console.log(`Requeued ${total} dead letter${total === 1 ? "" : "s"}.`)
+      yield* Effect.flatMap(CliEnvironment, (io) => Effect.sync(() => io.stderrIsTTY && io.stderr("\n")))
+      return yield* say(`Requeued ${total} dead letter${total === 1 ? "" : "s"}.`)
     }
     const requeued = yield* withDatabase(settings, retryDeadLetters(args.ids))
     const missing = args.ids.filter((id) => !requeued.includes(id.toLowerCase()))
-    yield* Console.log(`Requeued ${requeued.length} dead letter${requeued.length === 1 ? "" : "s"}.`)
+    yield* say(`Requeued ${requeued.length} dead letter${requeued.length === 1 ? "" : "s"}.`)
     if (missing.length > 0) {
-      process.stderr.write(`Not dead letters (unknown or not dead-lettered): ${missing.join(", ")}\n`)
-      process.exitCode = 1
+      return yield* new CommandFailed({ reason: `not dead letters (unknown or not dead-lettered): ${missing.join(", ")}` })
     }
   })).pipe(Command.withDescription("Put dead letters back to pending with a fresh attempt budget"))
 
@@ -268,7 +185,7 @@ const dlqCommand = Command.make("dlq").pipe(
 
 // == keygen
 
-const keygenCommand = Command.make("keygen", {}, () => Console.log(generateEncryptionKey())).pipe(
+const keygenCommand = Command.make("keygen", {}, () => say(generateEncryptionKey())).pipe(
   Command.withDescription("Print a new base64 32-byte encryption key (for WEBHOOK_SECRET_ENCRYPTION_KEY)")
 )
 

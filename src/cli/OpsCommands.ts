@@ -1,45 +1,18 @@
-import { Args, Command, HelpDoc, Options, ValidationError } from "@effect/cli"
-import { Console, Effect, Either, Option } from "effect"
-import { type AppSettings, loadFromEnvironment, requireEncryptionKey } from "../config/AppConfig.js"
-import { type Keyring, keyringOf } from "../crypto/Keyring.js"
+import { Args, Command, Options } from "@effect/cli"
+import { Effect, Either, Option } from "effect"
+import type { Keyring } from "../crypto/Keyring.js"
 import { type RotationReport, rotateKey } from "../crypto/Rotation.js"
-import { databaseFor, embeddedDefaults } from "../db/Connect.js"
 import { validateSecret, validateUrl } from "../queue/Enqueue.js"
 import * as Endpoints from "../queue/Endpoints.js"
 import { archiveDeadLetters, cleanupDelivered } from "../queue/Operations.js"
+import { envFile, json, keyringFrom, numberOption, settingsFrom, withDatabase } from "./Common.js"
+import { CliEnvironment, type CliIO, note, say } from "./CliEnvironment.js"
 import { CommandFailed, printJson, printTable, UsageError } from "./Output.js"
 
 /**
- * Operations commands: endpoints, dead-letter archive, cleanup, key rotation. They follow the
- * conventions of Cli.ts (exit 2 with one line naming the flag or variable for bad input) but do
- * not import it: Cli.ts imports this module, and in that cycle Cli.ts's helpers would not yet be
- * initialised when the options below are built.
+ * Operations commands: endpoints, dead-letter archive, cleanup, key rotation. Bad input exits 2
+ * with one line naming the flag or variable, as everywhere in the CLI.
  */
-
-// == shared options and helpers
-
-const envFile = Options.file("env-file", { exists: "either" }).pipe(
-  Options.withDescription("Read variables from this file (KEY=value lines); they override the environment"),
-  Options.optional
-)
-const json = Options.boolean("json").pipe(Options.withDescription("Print one JSON document"))
-
-/** A numeric option whose error names the flag. */
-const numberOption = (name: string, kind: { integer: boolean; min: number; max?: number }) =>
-  Options.text(name).pipe(
-    Options.withPseudoName(kind.integer ? "integer" : "number"),
-    Options.mapEffect((raw) => {
-      const value = Number(raw)
-      const ok = raw.trim() !== "" && Number.isFinite(value) && (!kind.integer || Number.isInteger(value)) &&
-        value >= kind.min && (kind.max === undefined || value <= kind.max)
-      const range = kind.max === undefined ? `of at least ${kind.min}` : `from ${kind.min} to ${kind.max}`
-      return ok
-        ? Effect.succeed(value)
-        : Effect.fail(ValidationError.invalidValue(HelpDoc.p(
-          `--${name}: expected ${kind.integer ? "an integer" : "a number"} ${range}, got "${raw}"`
-        )))
-    })
-  )
 
 const batchSize = numberOption("batch-size", { integer: true, min: 1, max: 100_000 }).pipe(
   Options.withDescription("Rows per committed batch"),
@@ -52,17 +25,6 @@ const olderThan = numberOption("older-than", { integer: true, min: 0, max: 36_50
 )
 
 const endpointId = Args.text({ name: "ID" }).pipe(Args.withDescription("The endpoint's id (see `endpoints list`)"))
-
-/** Settings as Cli.ts reads them: environment, env file, and the embedded database's defaults. */
-const settingsFrom = (file: Option.Option<string>) =>
-  loadFromEnvironment(file).pipe(Effect.flatMap((settings) => embeddedDefaults(settings, file)))
-
-/** Runs `effect` with a database client: DATABASE_URL, or the embedded database (db/Connect.ts). */
-const withDatabase = <A, E, R>(settings: AppSettings, effect: Effect.Effect<A, E, R>) =>
-  Effect.flatMap(databaseFor(settings, "command"), (database) => effect.pipe(Effect.provide(database.layer)))
-
-const keyringFrom = (settings: AppSettings) =>
-  Effect.map(requireEncryptionKey(settings), () => Option.getOrThrow(keyringOf(settings)))
 
 const FLAGS: Record<Endpoints.InvalidEndpoint["field"], string> = {
   url: "--url",
@@ -77,12 +39,6 @@ const usage = (error: Endpoints.InvalidEndpoint) => new UsageError({ flag: FLAGS
 
 /** Checks an ID argument before anything else, so a typo is a usage error (exit 2). */
 const checkId = (id: string) => Either.mapLeft(Endpoints.validateEndpointId(id), usage)
-
-/**
- * A line on stderr. Not Console.error: main.ts swaps the console's error channel for a collector
- * of @effect/cli usage messages, so notes written through it would never be shown.
- */
-const note = (line: string) => Effect.sync(() => void process.stderr.write(line + "\n"))
 
 const plural = (n: number, one: string, many = `${one}s`) => `${n} ${n === 1 ? one : many}`
 
@@ -99,11 +55,11 @@ export const renderProgress = (label: string, done: number, total: number, width
  * A progress bar redrawn in place on stderr when stderr is a terminal (at most 10 times a second);
  * nothing at all otherwise, so logs and pipes get only the command's one summary line.
  */
-export const makeProgress = (label: string, stream: NodeJS.WriteStream = process.stderr) => {
-  const interactive = stream.isTTY === true
+export const makeProgress = (label: string, io: CliIO) => {
+  const interactive = io.stderrIsTTY
   let lastDrawn = 0
   let state = { done: 0, total: 0 }
-  const draw = () => stream.write(`\r${renderProgress(label, state.done, state.total)}\u001b[K`)
+  const draw = () => io.stderr(`\r${renderProgress(label, state.done, state.total)}\u001b[K`)
   return {
     interactive,
     update: (done: number, total: number) =>
@@ -119,7 +75,7 @@ export const makeProgress = (label: string, stream: NodeJS.WriteStream = process
     finish: Effect.sync(() => {
       if (!interactive || lastDrawn === 0) return
       draw()
-      stream.write("\n")
+      io.stderr("\n")
     })
   }
 }
@@ -163,7 +119,7 @@ const endpointsAdd = Command.make("add", {
       }, keyring)
     ).pipe(Effect.mapError((e) => (e._tag === "InvalidEndpoint" ? usage(e) : e)))
     if (args.json) yield* printJson({ ...added.endpoint, secret: added.secret })
-    else yield* Console.log(`id      ${added.endpoint.id}\nsecret  ${added.secret}`)
+    else yield* say(`id      ${added.endpoint.id}\nsecret  ${added.secret}`)
     yield* note("Give the secret to the partner now: it is stored encrypted and not shown again.")
   })).pipe(Command.withDescription("Register a partner endpoint; prints its id and signing secret (the only time the secret is shown)"))
 
@@ -172,7 +128,7 @@ const endpointsList = Command.make("list", { json, envFile }, ({ envFile, json }
     const settings = yield* settingsFrom(envFile)
     const endpoints = yield* withDatabase(settings, Endpoints.listEndpoints)
     if (json) return yield* printJson(endpoints)
-    if (endpoints.length === 0) return yield* Console.log("No endpoints.")
+    if (endpoints.length === 0) return yield* say("No endpoints.")
     yield* printTable(
       ["id", "url", "user_id", "event_types", "enabled", "disabled_reason", "previous_secret_until", "created_at"],
       endpoints.map((endpoint) => ({
@@ -193,11 +149,11 @@ const endpointsDisable = Command.make("disable", {
     const settings = yield* settingsFrom(args.envFile)
     const result = yield* withDatabase(settings, Endpoints.setEndpointEnabled(id, false, Option.getOrNull(args.reason)))
     if (!result.changed) {
-      return yield* Console.log(`Endpoint ${id} was already disabled${result.endpoint.disabled_reason ? ` (${result.endpoint.disabled_reason})` : ""}.`)
+      return yield* say(`Endpoint ${id} was already disabled${result.endpoint.disabled_reason ? ` (${result.endpoint.disabled_reason})` : ""}.`)
     }
-    yield* Console.log(`Disabled endpoint ${id}.`)
+    yield* say(`Disabled endpoint ${id}.`)
     if (result.queued > 0) {
-      yield* Console.log(
+      yield* say(
         `${plural(result.queued, "queued delivery", "queued deliveries")} will be dead-lettered as they fall due; ` +
           `after \`webhook-worker endpoints enable ${id}\`, \`webhook-worker dlq retry --all --endpoint ${id}\` requeues them.`
       )
@@ -209,9 +165,9 @@ const endpointsEnable = Command.make("enable", { id: endpointId, envFile }, (arg
     const id = yield* checkId(args.id)
     const settings = yield* settingsFrom(args.envFile)
     const result = yield* withDatabase(settings, Endpoints.setEndpointEnabled(id, true, null))
-    yield* Console.log(result.changed ? `Enabled endpoint ${id}.` : `Endpoint ${id} was already enabled.`)
+    yield* say(result.changed ? `Enabled endpoint ${id}.` : `Endpoint ${id} was already enabled.`)
     if (result.deadLetters > 0) {
-      yield* Console.log(
+      yield* say(
         `It has ${plural(result.deadLetters, "dead letter")}: \`webhook-worker dlq retry --all --endpoint ${id}\` requeues them.`
       )
     }
@@ -247,7 +203,7 @@ const endpointsRotateSecret = Command.make("rotate-secret", {
     if (args.json) {
       yield* printJson({ id, secret: rotated.secret, previous_secret_until: until })
     } else {
-      yield* Console.log(`id      ${id}\nsecret  ${rotated.secret}`)
+      yield* say(`id      ${id}\nsecret  ${rotated.secret}`)
     }
     yield* note(
       until === null
@@ -271,7 +227,7 @@ const endpointsCommand = Command.make("endpoints").pipe(
 export const dlqArchiveCommand = Command.make("archive", { olderThan, batchSize, json, envFile }, (args) =>
   Effect.gen(function*() {
     const settings = yield* settingsFrom(args.envFile)
-    const progress = makeProgress("dlq archive")
+    const progress = makeProgress("dlq archive", yield* CliEnvironment)
     let total = 0
     const result = yield* withDatabase(
       settings,
@@ -281,7 +237,7 @@ export const dlqArchiveCommand = Command.make("archive", { olderThan, batchSize,
       }, Option.getOrUndefined(args.batchSize))
     ).pipe(Effect.ensuring(progress.finish))
     if (args.json) return yield* printJson({ archived: result.archived, cutoff: result.cutoff })
-    yield* Console.log(
+    yield* say(
       `Archived ${plural(result.archived, "dead letter")} dead-lettered before ${result.cutoff.toISOString()} into webhook_dead_letter_archive.`
     )
   })).pipe(Command.withDescription("Move dead letters older than --older-than days into webhook_dead_letter_archive (batched)"))
@@ -293,7 +249,7 @@ const cleanupCommand = Command.make("cleanup", { olderThan, json, envFile }, (ar
     const settings = yield* settingsFrom(args.envFile)
     const removed = yield* withDatabase(settings, cleanupDelivered(args.olderThan))
     if (args.json) return yield* printJson({ removed })
-    yield* Console.log(`Removed ${plural(removed, "delivered webhook")} older than ${plural(args.olderThan, "day")}.`)
+    yield* say(`Removed ${plural(removed, "delivered webhook")} older than ${plural(args.olderThan, "day")}.`)
   })).pipe(Command.withDescription("Delete delivered webhooks (and their log rows) older than --older-than days: cleanup_delivered_webhooks(DAYS)"))
 
 // == rotate-key
@@ -323,7 +279,7 @@ const rotateKeyCommand = Command.make("rotate-key", { batchSize, json, envFile }
           "secrets under any other key will be reported as undecryptable."
       )
     }
-    const progress = makeProgress("rotate-key")
+    const progress = makeProgress("rotate-key", yield* CliEnvironment)
     const report = yield* withDatabase(
       settings,
       rotateKey(keyring, {
@@ -334,7 +290,7 @@ const rotateKeyCommand = Command.make("rotate-key", { batchSize, json, envFile }
       })
     ).pipe(Effect.ensuring(progress.finish))
     if (args.json) yield* printJson(report)
-    else yield* Console.log(rotationSummary(report))
+    else yield* say(rotationSummary(report))
     for (const entry of report.undecryptable) {
       yield* note(`undecryptable: ${entry.table} ${entry.id} ${entry.column}: ${entry.reason}`)
     }

@@ -1,4 +1,5 @@
-import { Console, Data, Effect } from "effect"
+import { Data } from "effect"
+import { say } from "./CliEnvironment.js"
 
 /** Bad command-line input; `flag` names the culprit. Exit status 2. */
 export class UsageError extends Data.TaggedError("UsageError")<{
@@ -33,10 +34,8 @@ export const formatTable = (columns: ReadonlyArray<string>, rows: ReadonlyArray<
 }
 
 export const printTable = (columns: ReadonlyArray<string>, rows: ReadonlyArray<Record<string, unknown>>) =>
-  Console.log(formatTable(columns, rows))
+  say(formatTable(columns, rows))
 
 /** One JSON document on stdout. */
 export const printJson = (value: unknown) =>
-  Effect.sync(() => {
-    process.stdout.write(JSON.stringify(value, (_, v) => (typeof v === "bigint" ? v.toString() : v), 2) + "\n")
-  })
+  say(JSON.stringify(value, (_, v) => (typeof v === "bigint" ? v.toString() : v), 2))

@@ -256,13 +256,13 @@ export const providerFrom = (env: NodeJS.ProcessEnv, fileVars: ReadonlyMap<strin
 }
 
 /** Loads settings from the environment and an optional env file. */
-export const loadFromEnvironment = (envFile: Option.Option<string>) =>
+export const loadFromEnvironment = (envFile: Option.Option<string>, env: NodeJS.ProcessEnv = process.env) =>
   Effect.gen(function*() {
     const fileVars = yield* Option.match(envFile, {
       onNone: () => Effect.succeed(new Map<string, string>()),
       onSome: (path) => readEnvFile(path)
     })
-    return yield* load.pipe(Effect.withConfigProvider(providerFrom(process.env, fileVars)))
+    return yield* load.pipe(Effect.withConfigProvider(providerFrom(env, fileVars)))
   })
 
 /** The current settings. Long-running parts read `Settings.current` each time, so SIGHUP can change them. */

@@ -86,12 +86,16 @@ export const EMBEDDED_POLL_INTERVAL_MS = 250
  *   deliveries on a first run.
  * A variable set explicitly (environment or env file) always wins.
  */
-export const embeddedDefaults = (settings: AppSettings, envFile: Option.Option<string>): Effect.Effect<AppSettings, ConfigInvalid> =>
+export const embeddedDefaults = (
+  settings: AppSettings,
+  envFile: Option.Option<string>,
+  env: NodeJS.ProcessEnv = process.env
+): Effect.Effect<AppSettings, ConfigInvalid> =>
   Option.isSome(settings.databaseUrl)
     ? Effect.succeed(settings)
     : Effect.gen(function*() {
-      const isSet = yield* explicitlySet(envFile)
-      const paths = Embedded.embeddedPaths()
+      const isSet = yield* explicitlySet(envFile, env)
+      const paths = Embedded.embeddedPaths(env)
       const encryptionKey = Option.isSome(settings.encryptionKey)
         ? settings.encryptionKey
         : Option.some(yield* Embedded.storedEncryptionKey(paths))
@@ -104,13 +108,13 @@ export const embeddedDefaults = (settings: AppSettings, envFile: Option.Option<s
     })
 
 /** Whether a variable has a value, the way AppConfig.providerFrom merges environment and env file. */
-const explicitlySet = (envFile: Option.Option<string>) =>
+const explicitlySet = (envFile: Option.Option<string>, env: NodeJS.ProcessEnv) =>
   Effect.map(
     Option.match(envFile, { onNone: () => Effect.succeed(new Map<string, string>()), onSome: (path) => readEnvFile(path) }),
     (fileVars) => (name: string) => {
       const fromFile = fileVars.get(name)
       if (fromFile !== undefined) return fromFile !== ""
-      const fromEnv = process.env[name]
+      const fromEnv = env[name]
       return fromEnv !== undefined && fromEnv !== ""
     }
   )

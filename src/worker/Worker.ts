@@ -22,6 +22,7 @@ import { userAgent } from "../PackageInfo.js"
 import { type ClaimedDelivery, type Completion, DeliveryQueue } from "../queue/DeliveryQueue.js"
 import { signatureHeader } from "../signing/Signer.js"
 import * as Completer from "./Completer.js"
+import { TraceDeliveries } from "./TraceDeliveries.js"
 import { Wakeup } from "./Wakeup.js"
 
 /** Who this worker is: the lease owner written to locked_by. */
@@ -36,14 +37,7 @@ export class WorkerIdentity extends Context.Tag("webhook-worker/WorkerIdentity")
   static readonly layer = (instance: number) => Layer.sync(WorkerIdentity, () => WorkerIdentity.make(instance))
 }
 
-/**
- * Whether deliveries are traced: one root span per attempt (linked to the producer's trace), and
- * a `traceparent` header naming it sent to the receiver. Off unless a tracer exports spans
- * (the telemetry layer turns it on), so an untraced worker pays nothing for it.
- */
-export class TraceDeliveries extends Context.Reference<TraceDeliveries>()("webhook-worker/TraceDeliveries", {
-  defaultValue: () => false
-}) {}
+export { TraceDeliveries }
 
 /** A span link to the producer's span, from the traceparent stored at enqueue. */
 export const producerLink = (traceparent: string | null): ReadonlyArray<Tracer.SpanLink> => {

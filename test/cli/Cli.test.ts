@@ -4,7 +4,7 @@ import { PgClient } from "@effect/sql-pg"
 import { Effect, Layer, Redacted } from "effect"
 import Pg from "pg"
 import { describe, expect } from "vitest"
-import { runCli } from "../utils/Cli.js"
+import { runCli as runBinary, runCliInProcess as runCli } from "../utils/Cli.js"
 import { TestDb } from "../utils/TestDatabase.js"
 import { adminUrl, databaseUrl } from "../utils/urls.js"
 import { TEST_KEY } from "../utils/WorkerHarness.js"
@@ -28,6 +28,10 @@ describe("CLI", () => {
     Effect.gen(function*() {
       const commands = [[], ["migrate"], ["run"], ["enqueue"], ["stats"], ["dlq"], ["dlq", "list"], ["dlq", "retry"], ["keygen"]]
       const results = yield* Effect.forEach(commands, (command) => runCli([...command, "--help"]), { concurrency: 4 })
+      // And the binary itself, once.
+      const binary = yield* runBinary(["--help"])
+      expect(binary.code).toBe(0)
+      expect(binary.stdout).toContain("webhook-worker")
       for (const [index, result] of results.entries()) {
         expect(result.code, commands[index]!.join(" ")).toBe(0)
         expect(result.stdout).toContain("USAGE")
@@ -36,7 +40,7 @@ describe("CLI", () => {
 
   it.live("keygen prints a fresh base64 32-byte key", () =>
     Effect.gen(function*() {
-      const [a, b] = yield* Effect.all([runCli(["keygen"]), runCli(["keygen"])], { concurrency: 2 })
+      const [a, b] = yield* Effect.all([runBinary(["keygen"]), runCli(["keygen"])], { concurrency: 2 })
       expect(a!.code).toBe(0)
       expect(Buffer.from(a!.stdout.trim(), "base64")).toHaveLength(32)
       expect(a!.stdout).not.toBe(b!.stdout)
@@ -49,7 +53,8 @@ describe("CLI", () => {
       yield* Effect.promise(() => admin.connect().then(() => admin.query(`CREATE DATABASE ${name}`)))
       yield* Effect.addFinalizer(() => Effect.promise(() => admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).then(() => admin.end())))
       const url = databaseUrl(name)
-      const [first, second] = yield* Effect.all([runCli(["migrate"], { DATABASE_URL: url }), runCli(["migrate"], { DATABASE_URL: url })], { concurrency: 2 })
+      // Two processes at once: the advisory lock makes the second wait, then find nothing to do.
+      const [first, second] = yield* Effect.all([runBinary(["migrate"], { DATABASE_URL: url }), runBinary(["migrate"], { DATABASE_URL: url })], { concurrency: 2 })
       expect([first!.code, second!.code]).toEqual([0, 0])
       const outputs = [first!.stdout.trim(), second!.stdout.trim()].sort()
       expect(outputs[0]).toMatch(/^Applied 0001_schema/)
@@ -107,6 +112,9 @@ describe("CLI", () => {
         expect(result.code, args.join(" ")).toBe(2)
         expect(oneLine(result.stderr), args.join(" ")).toMatch(pattern)
       }
+      const binary = yield* runBinary([...base, "--payload", "{nope"], env(db.url))
+      expect(binary.code).toBe(2)
+      expect(oneLine(binary.stderr)).toMatch(/^webhook-worker: --payload: not valid JSON/)
       const sql = yield* SqlClient.SqlClient
       const [count] = yield* sql<{ n: string }>`SELECT count(*) AS n FROM webhook_delivery_queue`
       expect(count!.n).toBe("0")
@@ -146,6 +154,6 @@ describe("CLI", () => {
       for (const row of rows) expect(row).toEqual({ status: "pending", attempt_count: 0, due: true })
       const unknown = yield* runCli(["dlq", "retry", "00000000-0000-0000-0000-000000000000"], env(db.url))
       expect(unknown.code).toBe(1)
-      expect(unknown.stderr).toContain("Not dead letters (unknown or not dead-lettered): 00000000-0000-0000-0000-000000000000")
+      expect(unknown.stderr.trim()).toBe("webhook-worker: not dead letters (unknown or not dead-lettered): 00000000-0000-0000-0000-000000000000")
     })), 60_000)
 })

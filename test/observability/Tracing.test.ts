@@ -8,7 +8,8 @@ import { randomBytes } from "node:crypto"
 import { describe, expect } from "vitest"
 import * as Log from "../../src/observability/Log.js"
 import * as Metrics from "../../src/observability/Metrics.js"
-import * as Telemetry from "../../src/observability/Telemetry.js"
+import * as Telemetry from "../../src/observability/TelemetrySdk.js"
+import * as TelemetryConfig from "../../src/observability/Telemetry.js"
 import { TraceDeliveries } from "../../src/worker/Worker.js"
 import { makeReceiver } from "../utils/Receiver.js"
 import { layerPg } from "../utils/TestDatabase.js"
@@ -148,7 +149,7 @@ describe("delivery traces", () => {
         yield* eventually(statusIs(id, "delivered"), "delivered")
         yield* stop
         return id
-      }).pipe(Effect.provide(Telemetry.layer(
+      }).pipe(Effect.provide(TelemetryConfig.layer(
         { otelEndpoint: Option.some(`${collector.url}/`), otelServiceName: "ww-otlp-e2e" },
         2,
         {}
@@ -177,10 +178,10 @@ describe("delivery traces", () => {
 
   it.live("without OTEL_EXPORTER_OTLP_ENDPOINT nothing is traced and receivers get no trace headers", () =>
     scoped(Effect.gen(function*() {
-      expect(Telemetry.isEnabled({ otelEndpoint: Option.none() }, {})).toBe(false)
-      expect(Telemetry.isEnabled({ otelEndpoint: Option.some("http://127.0.0.1:4318") }, { OTEL_SDK_DISABLED: "true" })).toBe(false)
-      expect(Telemetry.isEnabled({ otelEndpoint: Option.some("http://127.0.0.1:4318") }, {})).toBe(true)
-      expect(Telemetry.tracesUrl("http://collector:4318/")).toBe("http://collector:4318/v1/traces")
+      expect(TelemetryConfig.isEnabled({ otelEndpoint: Option.none() }, {})).toBe(false)
+      expect(TelemetryConfig.isEnabled({ otelEndpoint: Option.some("http://127.0.0.1:4318") }, { OTEL_SDK_DISABLED: "true" })).toBe(false)
+      expect(TelemetryConfig.isEnabled({ otelEndpoint: Option.some("http://127.0.0.1:4318") }, {})).toBe(true)
+      expect(TelemetryConfig.tracesUrl("http://collector:4318/")).toBe("http://collector:4318/v1/traces")
 
       const receiver = yield* makeReceiver
       const logs: Array<string> = []
@@ -191,7 +192,7 @@ describe("delivery traces", () => {
         yield* eventually(statusIs(id, "delivered"), "delivered")
         yield* stop
       }).pipe(Effect.provide(Layer.mergeAll(
-        Telemetry.layer({ otelEndpoint: Option.none(), otelServiceName: "unused" }, 1, {}),
+        TelemetryConfig.layer({ otelEndpoint: Option.none(), otelServiceName: "unused" }, 1, {}),
         Log.layer("json", new Log.LogThreshold("INFO"), { write: (line) => logs.push(line) })
       )))
       expect(receiver.requests[0]!.headers.traceparent).toBeUndefined()

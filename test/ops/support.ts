@@ -5,11 +5,14 @@ import { spawn } from "node:child_process"
 import { join } from "node:path"
 import { expect } from "vitest"
 import { Keyring } from "../../src/crypto/Keyring.js"
-import { type CliResult, runCli } from "../utils/Cli.js"
+import { type CliResult, runCliInProcess } from "../utils/Cli.js"
 import { TestDb } from "../utils/TestDatabase.js"
 import { TEST_KEY } from "../utils/WorkerHarness.js"
 
-export { runCli, TEST_KEY }
+/** The CLI, run in-process (the binary itself is covered by the process and terminal tests). */
+export const runCli = runCliInProcess
+
+export { TEST_KEY }
 
 export const repoRoot = join(import.meta.dirname, "..", "..")
 

@@ -1,4 +1,6 @@
 import { Effect } from "effect"
+import { CliEnvironment } from "../../src/cli/CliEnvironment.js"
+import { runProgram } from "../../src/cli/Program.js"
 import { type ChildProcess, spawn } from "node:child_process"
 import { join } from "node:path"
 
@@ -17,6 +19,26 @@ const baseEnv = (env: Record<string, string | undefined>) => {
   }
   return merged
 }
+
+/**
+ * Runs the CLI program in this process, with its own environment and captured output: the same
+ * parsing, commands, messages and exit status as the binary, without a process start-up per
+ * command. `runCli` (below) runs the real binary where the process itself is under test.
+ */
+export const runCliInProcess = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}) =>
+  Effect.suspend(() => {
+    let stdout = ""
+    let stderr = ""
+    return runProgram(["node", "webhook-worker", ...args]).pipe(
+      Effect.provideService(CliEnvironment, {
+        env: baseEnv(env),
+        stdout: (text) => void (stdout += text),
+        stderr: (text) => void (stderr += text),
+        stderrIsTTY: false
+      }),
+      Effect.map((code): CliResult => ({ code, stdout, stderr }))
+    )
+  })
 
 /** Runs the built CLI (`npm test` builds dist/ first) to completion. */
 export const runCli = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}, stdin?: string) =>

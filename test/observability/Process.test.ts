@@ -14,11 +14,11 @@ import { eventually, statusIs, TEST_KEY } from "../utils/WorkerHarness.js"
 import { enqueue, get, makeCollector, parseSamples, request, waitFor } from "./support.js"
 
 /**
- * The real `webhook-worker` commands, run from source with tsx (so they do not depend on a fresh
- * `dist/`): what `runWorker` wires together, seen from outside the process.
+ * The real `webhook-worker` binary (`npm test` builds `dist/` first): what `runWorker` wires
+ * together, seen from outside the process.
  */
 const root = join(import.meta.dirname, "..", "..")
-const command = (args: ReadonlyArray<string>) => [process.execPath, ["--import", "tsx", join(root, "src", "main.ts"), ...args]] as const
+const command = (args: ReadonlyArray<string>) => [process.execPath, [join(root, "bin", "webhook-worker.js"), ...args]] as const
 
 const childEnv = (env: Record<string, string>) => ({ PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env })
 

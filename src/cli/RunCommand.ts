@@ -2,16 +2,12 @@ import { Effect, Layer, Option } from "effect"
 import { requireEncryptionKey } from "../config/AppConfig.js"
 import * as LiveSettings from "../config/LiveSettings.js"
 import { databaseFor } from "../db/Connect.js"
-import { ensureMigrated } from "../db/Migrator.js"
-import * as DeliveryHttp from "../http/DeliveryHttp.js"
 import * as Log from "../observability/Log.js"
 import * as Metrics from "../observability/Metrics.js"
 import * as MetricsServer from "../observability/MetricsServer.js"
 import * as Telemetry from "../observability/Telemetry.js"
 import { version } from "../PackageInfo.js"
-import { DeliveryQueue } from "../queue/DeliveryQueue.js"
-import * as Wakeup from "../worker/Wakeup.js"
-import * as Worker from "../worker/Worker.js"
+import * as Stack from "../worker/Stack.js"
 import { settingsFrom } from "./Common.js"
 
 /** `webhook-worker run`: the worker, its metrics server and telemetry, composed over live settings. */
@@ -24,22 +20,15 @@ export const runWorker = (instanceNumber: number, file: Option.Option<string>) =
     const database = yield* databaseFor(settings, "worker")
     const live = LiveSettings.layer(settings, settingsFrom(file), (next) => threshold.set(next.logLevel))
     const metrics = Metrics.layer({ tenantLabels: settings.metricsTenantLabels, processMetrics: settings.metricsEnabled })
-    const migrated = Layer.effectDiscard(
-      ensureMigrated.pipe(
-        Effect.tap((applied) => (applied.length > 0 ? Effect.logInfo("Applied migrations").pipe(Effect.annotateLogs({ applied: applied.join(",") })) : Effect.void))
-      )
-    )
-    const app = Worker.layer.pipe(
-      Layer.provide(Layer.mergeAll(
-        DeliveryQueue.layer,
-        DeliveryHttp.layer({ tracing: Telemetry.isEnabled(settings) }),
-        database.notifications ? Wakeup.layerListen : Wakeup.polling,
-        // A dependency of the worker, so a taken METRICS_PORT fails before any row is claimed.
-        MetricsServer.layerFromSettings(settings, instanceNumber).pipe(Layer.provideMerge(metrics)),
-        Worker.WorkerIdentity.layer(instanceNumber)
-      )),
-      Layer.provide(live),
-      Layer.provide(migrated),
+    const app = Stack.layer({
+      settings: live,
+      // The server is built with the metrics, so a taken METRICS_PORT fails before any row is claimed.
+      metrics: MetricsServer.layerFromSettings(settings, instanceNumber).pipe(Layer.provideMerge(metrics)),
+      instance: instanceNumber,
+      httpSpans: Telemetry.isEnabled(settings),
+      notifications: database.notifications,
+      migrate: true
+    }).pipe(
       Layer.provide(database.layer),
       // Outermost: the tracer is in place before anything else is built.
       Layer.provide(Telemetry.layer(settings, instanceNumber))

@@ -1,12 +1,9 @@
 import { SqlClient } from "@effect/sql"
 import { Duration, Effect, Layer, Schedule } from "effect"
 import { type AppSettings, Settings } from "../../config/AppConfig.js"
-import { ensureMigrated } from "../../db/Migrator.js"
-import * as DeliveryHttp from "../../http/DeliveryHttp.js"
 import * as Metrics from "../../observability/Metrics.js"
 import { readQueueStats } from "../../observability/MetricsServer.js"
-import { DeliveryQueue } from "../../queue/DeliveryQueue.js"
-import * as Wakeup from "../../worker/Wakeup.js"
+import * as Stack from "../../worker/Stack.js"
 import * as Worker from "../../worker/Worker.js"
 import type { SettingsSource } from "../HostConfig.js"
 import type { WorkerOptions } from "../WebhookWorker.js"
@@ -49,36 +46,27 @@ const untransformed = Layer.effect(SqlClient.SqlClient, Effect.map(SqlClient.Sql
 export const layerWith = (settings: AppSettings, options: Omit<WorkerOptions, keyof SettingsSource> = {}) => {
   const tracing = options.tracing === true
   const metrics = options.metrics
-  const deps = Layer.mergeAll(
-    DeliveryQueue.layer,
-    DeliveryHttp.layer({ tracing }),
-    options.notifications === false ? Wakeup.polling : Wakeup.layerListen,
-    metrics === undefined
-      ? Metrics.layerDetached
-      : Metrics.layer({
-        ...(metrics.registry !== undefined ? { registry: metrics.registry } : {}),
-        tenantLabels: metrics.tenantLabels ?? true,
-        processMetrics: metrics.processMetrics ?? false
-      }),
-    Worker.WorkerIdentity.layer(options.instance ?? 1),
-    Settings.layer(settings),
-    Layer.succeed(Worker.TraceDeliveries, tracing)
+  // One layer value for both uses: layers are memoised by reference, so the gauges and the worker share it.
+  const metricsLayer = metrics === undefined
+    ? Metrics.layerDetached
+    : Metrics.layer({
+      ...(metrics.registry !== undefined ? { registry: metrics.registry } : {}),
+      tenantLabels: metrics.tenantLabels ?? true,
+      processMetrics: metrics.processMetrics ?? false
+    })
+  const stack = Stack.layer({
+    settings: Settings.layer(settings),
+    metrics: metricsLayer,
+    instance: options.instance ?? 1,
+    httpSpans: tracing,
+    notifications: options.notifications !== false,
+    migrate: options.migrate !== false
+  })
+  const worker = metrics === undefined
+    ? stack
+    : Layer.merge(stack, queueGauges(metrics.queueStatsInterval ?? DEFAULT_QUEUE_STATS_INTERVAL).pipe(Layer.provide(metricsLayer)))
+  return worker.pipe(
+    Layer.provide(Layer.succeed(Worker.TraceDeliveries, tracing)),
+    Layer.provide(untransformed)
   )
-  const worker = (metrics === undefined
-    ? Worker.layer
-    : Layer.merge(Worker.layer, queueGauges(metrics.queueStatsInterval ?? DEFAULT_QUEUE_STATS_INTERVAL))).pipe(
-      Layer.provide(deps)
-    )
-  if (options.migrate === false) return worker.pipe(Layer.provide(untransformed))
-  const migrated = Layer.effectDiscard(
-    ensureMigrated.pipe(
-      Effect.tap((applied) =>
-        applied.length > 0
-          ? Effect.logInfo("Applied webhook-worker migrations").pipe(Effect.annotateLogs({ applied: applied.join(",") }))
-          : Effect.void
-      )
-    )
-  )
-  return worker.pipe(Layer.provide(migrated), Layer.provide(untransformed))
 }
-

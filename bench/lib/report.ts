@@ -1,0 +1,236 @@
+/** Medians over repeats, the targets of issue 6, and the one table the benchmark prints. */
+import type { BenchOptions } from "./args.js"
+import type { BurnResult } from "./burn.js"
+import type { PostCeiling, SqlCeiling } from "./ceilings.js"
+import type { ComponentResult } from "./components.js"
+import type { LatencyResult } from "./latency.js"
+import type { RssResult } from "./rss.js"
+import type { ScaleResult } from "./scale.js"
+import { cell, median } from "./stats.js"
+import { LABELS, type SystemName } from "./systems.js"
+
+export interface Results {
+  readonly burn: ReadonlyArray<BurnResult>
+  readonly latency: ReadonlyArray<LatencyResult>
+  readonly postCeiling: ReadonlyArray<PostCeiling>
+  readonly sqlCeiling: ReadonlyArray<SqlCeiling>
+  readonly scale: ScaleResult | undefined
+  readonly rss: RssResult | undefined
+  readonly components: ReadonlyArray<ComponentResult>
+}
+
+export interface RateSummary {
+  readonly rate: number
+  readonly endToEndP50: number | null
+  readonly endToEndP90: number | null
+  readonly endToEndP99: number | null
+  readonly commitToReceiveP50: number | null
+  readonly commitToReceiveP99: number | null
+  readonly enqueueCallP50: number | null
+  /** Repeats in which the system kept up, of those run. */
+  readonly keptUp: string
+  readonly keptUpAll: boolean
+  readonly workerCpuMsPerDelivery: number | null
+}
+
+export interface SystemSummary {
+  readonly system: SystemName
+  readonly label: string
+  readonly burnRuns: number
+  readonly burnFailures: number
+  readonly deliveriesPerSec: number | null
+  readonly deliveriesPerSecRange: readonly [number | null, number | null]
+  readonly workerCpuMsPerDelivery: number | null
+  readonly pgCpuMsPerDelivery: number | null
+  readonly pgBackendCpuMsPerDelivery: number | null
+  readonly receiverCpuMsPerDelivery: number | null
+  readonly peakRssMb: number | null
+  readonly statementsPerDelivery: number | null
+  readonly transactionsPerDelivery: number | null
+  readonly walBytesPerDelivery: number | null
+  readonly startupMs: number | null
+  readonly otherCpuPctOfCore: number | null
+  readonly duplicates: number
+  readonly signaturesFailed: number
+  readonly signaturesChecked: number
+  readonly logBytesPerDelivery: number | null
+  readonly latency: ReadonlyArray<RateSummary>
+}
+
+export interface Target {
+  readonly target: string
+  readonly measured: string
+  readonly pass: boolean | null
+}
+
+const med = <T>(rows: ReadonlyArray<T>, pick: (row: T) => number | null | undefined): number | null =>
+  median(rows.map(pick).filter((v): v is number => typeof v === "number"))
+
+export const summarise = (options: BenchOptions, results: Results): ReadonlyArray<SystemSummary> =>
+  options.systems.map((system) => {
+    const runs = results.burn.filter((r) => r.system === system)
+    const ok = runs.filter((r) => r.ok)
+    const rates = options.rates.map((rate): RateSummary => {
+      const phases = results.latency
+        .filter((l) => l.system === system)
+        .flatMap((l) => l.rates.filter((r) => r.rate === rate))
+      const kept = phases.filter((p) => p.keptUp).length
+      return {
+        rate,
+        endToEndP50: med(phases, (p) => p.endToEnd.p50),
+        endToEndP90: med(phases, (p) => p.endToEnd.p90),
+        endToEndP99: med(phases, (p) => p.endToEnd.p99),
+        commitToReceiveP50: med(phases, (p) => p.commitToReceive.p50),
+        commitToReceiveP99: med(phases, (p) => p.commitToReceive.p99),
+        enqueueCallP50: med(phases, (p) => p.enqueueCall.p50),
+        keptUp: `${kept}/${phases.length}`,
+        keptUpAll: phases.length > 0 && kept === phases.length,
+        workerCpuMsPerDelivery: med(phases, (p) => p.workerCpuMsPerDelivery)
+      }
+    })
+    const dps = ok.map((r) => r.deliveriesPerSec).filter((v): v is number => v !== null)
+    return {
+      system,
+      label: LABELS[system],
+      burnRuns: runs.length,
+      burnFailures: runs.length - ok.length,
+      deliveriesPerSec: median(dps),
+      deliveriesPerSecRange: [dps.length > 0 ? Math.min(...dps) : null, dps.length > 0 ? Math.max(...dps) : null],
+      workerCpuMsPerDelivery: med(ok, (r) => r.workerCpuMsPerDelivery),
+      pgCpuMsPerDelivery: med(ok, (r) => r.pgCpuMsPerDelivery),
+      pgBackendCpuMsPerDelivery: med(ok, (r) => r.pgBackendCpuMsPerDelivery),
+      receiverCpuMsPerDelivery: med(ok, (r) => r.receiverCpuMsPerDelivery),
+      peakRssMb: med(ok, (r) => r.peakRssMb),
+      statementsPerDelivery: med(ok, (r) => r.statementsPerDelivery),
+      transactionsPerDelivery: med(ok, (r) => r.transactionsPerDelivery),
+      walBytesPerDelivery: med(ok, (r) => r.walBytesPerDelivery),
+      startupMs: med(ok, (r) => r.startupMs),
+      otherCpuPctOfCore: med(ok, (r) => r.otherCpuPctOfCore),
+      duplicates: runs.reduce((sum, r) => sum + r.duplicates, 0),
+      signaturesFailed: runs.reduce((sum, r) => sum + r.signaturesFailed, 0),
+      signaturesChecked: runs.reduce((sum, r) => sum + r.signaturesChecked, 0),
+      logBytesPerDelivery: med(ok, (r) => r.logBytesPerDelivery),
+      latency: rates
+    }
+  })
+
+export const ceilingsOf = (results: Results) => ({
+  signPostPerSec: med(results.postCeiling.filter((c) => c.ok), (c) => c.requestsPerSec),
+  signPostClientCpuMs: med(results.postCeiling.filter((c) => c.ok), (c) => c.clientCpuMsPerRequest),
+  signPostReceiverCpuMs: med(results.postCeiling.filter((c) => c.ok), (c) => c.receiverCpuMsPerRequest),
+  sqlRowsPerSec: med(results.sqlCeiling.filter((c) => c.ok), (c) => c.rowsPerSec),
+  sqlPgCpuMsPerRow: med(results.sqlCeiling.filter((c) => c.ok), (c) => c.pgCpuMsPerRow)
+})
+
+const ratio = (a: number | null | undefined, b: number | null | undefined) => (a != null && b != null && b > 0 ? a / b : null)
+
+export const targets = (summaries: ReadonlyArray<SystemSummary>, results: Results): ReadonlyArray<Target> => {
+  const of = (system: SystemName) => summaries.find((s) => s.system === system)
+  const ours = of("ours")
+  const ceilings = ceilingsOf(results)
+  const list: Array<Target> = []
+  const vs = (peer: SystemName, factor: number) => {
+    const r = ratio(ours?.deliveriesPerSec, of(peer)?.deliveriesPerSec)
+    list.push({
+      target: `deliveries/s ≥ ${factor}× ${LABELS[peer]}`,
+      measured: r === null ? "not measured" : `${r.toFixed(2)}× (${cell(ours?.deliveriesPerSec)} vs ${cell(of(peer)?.deliveriesPerSec)})`,
+      pass: r === null ? null : r >= factor
+    })
+  }
+  vs("graphile-batch", 1.5)
+  vs("pgboss", 2)
+  const ceilingShare = ratio(ours?.deliveriesPerSec, ceilings.signPostPerSec)
+  list.push({
+    target: "deliveries/s ≥ 50 % of the sign+POST ceiling",
+    measured: ceilingShare === null ? "not measured" : `${(100 * ceilingShare).toFixed(0)} % (${cell(ours?.deliveriesPerSec)} of ${cell(ceilings.signPostPerSec)})`,
+    pass: ceilingShare === null ? null : ceilingShare >= 0.5
+  })
+  const at = (rate: number) => ours?.latency.find((l) => l.rate === rate)
+  const p99 = at(100)?.endToEndP99
+  list.push({
+    target: "p99 enqueue→receive ≤ 25 ms at 100/s",
+    measured: p99 == null ? "not measured" : `${p99.toFixed(1)} ms`,
+    pass: p99 == null ? null : p99 <= 25
+  })
+  const fast = at(1000)
+  list.push({
+    target: "keeps up at 1,000/s",
+    measured: fast === undefined || fast.keptUp === "0/0" ? "not measured" : `${fast.keptUp} repeats (p99 ${cell(fast.endToEndP99, 1)} ms)`,
+    pass: fast === undefined || fast.keptUp === "0/0" ? null : fast.keptUpAll
+  })
+  const rss = results.rss
+  const rssConditions = rss !== undefined && rss.dueRows >= 100_000 && rss.maxInFlightAtReceiver >= 100
+  list.push({
+    target: "peak RSS ≤ 150 MB, 100 in flight, 100k due rows",
+    measured: rss?.peakRssMb == null
+      ? "not measured"
+      : `${rss.peakRssMb.toFixed(0)} MB (${rss.maxInFlightAtReceiver} in flight, ${rss.dueRows.toLocaleString("en-US")} due${rssConditions ? "" : "; not the target's conditions"})`,
+    pass: rss?.peakRssMb == null ? null : rssConditions ? rss.peakRssMb <= 150 : rss.peakRssMb > 150 ? false : null
+  })
+  const scale = results.scale
+  const growths = Object.entries(scale?.growth ?? {})
+  const largest = Math.max(0, ...(scale?.points.map((p) => p.delivered) ?? []))
+  const flat = growths.every(([, v]) => v !== null && v <= 2)
+  list.push({
+    target: "claim cost flat (≤ 2×) from 10k to 1M delivered rows (server time)",
+    measured: growths.length === 0
+      ? "not measured"
+      : `${growths.map(([k, v]) => `${k.replace("due_", "")} due: ${v === null ? "–" : `${v.toFixed(2)}×`}`).join(", ")} (up to ${largest.toLocaleString("en-US")} rows${largest >= 1_000_000 ? "" : "; not the target's 1M"})`,
+    // Below 1M rows a pass proves nothing yet, but a failure already counts.
+    pass: growths.length === 0 ? null : largest >= 1_000_000 ? flat : flat ? null : false
+  })
+  return list
+}
+
+/** The one table: a Markdown table (pasteable into bench/README.md) plus the targets. */
+export const table = (options: BenchOptions, summaries: ReadonlyArray<SystemSummary>, results: Results): string => {
+  const ceilings = ceilingsOf(results)
+  const ours = summaries.find((s) => s.system === "ours")
+  const header = ["", ...summaries.map((s) => (s.system === "ours" ? "**ours**" : s.system)), "ceiling"]
+  const rows: Array<Array<string>> = []
+  const add = (label: string, value: (s: SystemSummary) => string, ceiling = "") => rows.push([label, ...summaries.map(value), ceiling])
+  add("burn-down deliveries/s (median)", (s) => cell(s.deliveriesPerSec), ceilings.signPostPerSec === null ? "" : `${cell(ceilings.signPostPerSec)} sign+POST`)
+  add("  min–max over repeats", (s) => `${cell(s.deliveriesPerSecRange[0])}–${cell(s.deliveriesPerSecRange[1])}`)
+  add("  ours ÷ this", (s) => (s.system === "ours" ? "1" : `${cell(ratio(ours?.deliveriesPerSec, s.deliveriesPerSec))}×`))
+  add("worker CPU ms/delivery", (s) => cell(s.workerCpuMsPerDelivery, 3), ceilings.signPostClientCpuMs === null ? "" : `${cell(ceilings.signPostClientCpuMs, 3)} sign+POST`)
+  add("PostgreSQL CPU ms/delivery", (s) => cell(s.pgCpuMsPerDelivery, 3), ceilings.sqlPgCpuMsPerRow === null ? "" : `${cell(ceilings.sqlPgCpuMsPerRow, 3)} bare SQL`)
+  add("  of which the db's backends", (s) => cell(s.pgBackendCpuMsPerDelivery, 3))
+  add("receiver CPU ms/delivery", (s) => cell(s.receiverCpuMsPerDelivery, 3), ceilings.signPostReceiverCpuMs === null ? "" : cell(ceilings.signPostReceiverCpuMs, 3))
+  add("peak RSS of the worker, MB", (s) => cell(s.peakRssMb, 0))
+  add("SQL statements/delivery (client)", (s) => cell(s.statementsPerDelivery, 3))
+  add("server transactions/delivery", (s) => cell(s.transactionsPerDelivery, 3))
+  add("WAL bytes/delivery (whole server)", (s) => cell(s.walBytesPerDelivery, 0))
+  add("other load on the machine, % of a core", (s) => cell(s.otherCpuPctOfCore, 0))
+  add("start-up → first delivery, ms", (s) => cell(s.startupMs, 0))
+  for (const rate of options.rates) {
+    add(`${rate}/s enqueue→receive p50 / p90 / p99 ms`, (s) => {
+      const l = s.latency.find((x) => x.rate === rate)
+      return l === undefined || l.endToEndP50 === null ? "–" : `${cell(l.endToEndP50, 1)} / ${cell(l.endToEndP90, 1)} / ${cell(l.endToEndP99, 1)}`
+    })
+    add(`  ${rate}/s commit→receive p50 / p99 ms`, (s) => {
+      const l = s.latency.find((x) => x.rate === rate)
+      return l === undefined || l.commitToReceiveP50 === null ? "–" : `${cell(l.commitToReceiveP50, 1)} / ${cell(l.commitToReceiveP99, 1)}`
+    })
+    add(`  ${rate}/s enqueue call p50 ms`, (s) => cell(s.latency.find((x) => x.rate === rate)?.enqueueCallP50, 1))
+    add(`  ${rate}/s kept up (repeats)`, (s) => s.latency.find((x) => x.rate === rate)?.keptUp ?? "–")
+  }
+  add("duplicates / bad signatures", (s) => `${s.duplicates} / ${s.signaturesFailed} of ${s.signaturesChecked}`)
+  if (ceilings.sqlRowsPerSec !== null) rows.push(["bare batched claim+complete SQL, rows/s", ...summaries.map(() => ""), cell(ceilings.sqlRowsPerSec)])
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)))
+  const line = (cells: ReadonlyArray<string>) => `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(" | ")} |`
+  const out = [line(header), `|${widths.map((w, i) => (i === 0 ? "-".repeat(w + 2) : "-".repeat(w + 1) + ":")).join("|")}|`, ...rows.map(line)]
+  out.push("", "| target | measured | |", "|---|---|---|")
+  for (const t of targets(summaries, results)) out.push(`| ${t.target} | ${t.measured} | ${t.pass === null ? "–" : t.pass ? "✅" : "❌"} |`)
+  if (results.scale !== undefined && results.scale.points.length > 0) {
+    out.push("", "| claim (batch " + results.scale.batch + ") | delivered rows | due rows | client p50 / p99 ms | server ms (EXPLAIN ANALYZE) | buffers | partial index |", "|---|---:|---:|---:|---:|---:|---|")
+    for (const p of results.scale.points) {
+      out.push(`| | ${p.delivered.toLocaleString("en-US")} | ${p.due.toLocaleString("en-US")} | ${cell(p.clientMs.p50)} / ${cell(p.clientMs.p99)} | ${cell(p.serverMs, 3)} | ${p.sharedBuffers ?? "–"} | ${p.usesDueIndex ? "yes" : "no"} |`)
+    }
+  }
+  if (results.components.length > 0) {
+    out.push("", "| our worker without the database | CPU ms/delivery | deliveries/s | what runs |", "|---|---:|---:|---|")
+    for (const c of results.components) out.push(`| ${c.name} | ${cell(c.cpuMsPerDelivery, 3)} | ${cell(c.perSec)} | ${c.description} |`)
+  }
+  return out.join("\n")
+}
+

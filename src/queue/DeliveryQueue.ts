@@ -76,82 +76,11 @@ export interface Release {
   readonly started: boolean
 }
 
-/**
- * Claims due rows in one short statement and commits before any HTTP: the lease is the
- * `processing` status plus locked_by/locked_until. `next_retry_at` becomes the lease expiry, so a
- * crashed worker's rows fall due again through the same index and the same claim.
- */
-const CLAIM_SQL = `
-WITH claimed AS (
-  UPDATE webhook_delivery_queue q
-  SET status = 'processing',
-      locked_by = $1,
-      locked_until = now() + $2 * interval '1 millisecond',
-      next_retry_at = now() + $2 * interval '1 millisecond',
-      attempt_count = q.attempt_count + 1,
-      "updatedAt" = now()
-  FROM (
-    SELECT id, status = 'processing' AS reclaimed FROM webhook_delivery_queue
-    WHERE status IN ('pending', 'failed', 'processing') AND next_retry_at <= now()
-    ORDER BY next_retry_at
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-  ) due
-  WHERE q.id = due.id
-  RETURNING q.id, q."userId", q.partner_webhook_id, q.url, q.secret, q.event_type, q.payload,
-            q.attempt_count, q.max_attempts, q.traceparent, q."createdAt", due.reclaimed
-)
-SELECT c.id::text AS id,
-       c."userId" AS user_id,
-       c.partner_webhook_id::text AS endpoint_id,
-       p.enabled AS endpoint_enabled,
-       COALESCE(p.url, c.url) AS url,
-       COALESCE(c.secret, p.secret) AS secret,
-       c.secret IS NOT NULL AS secret_from_row,
-       CASE WHEN p.previous_secret_expires_at > now() THEN p.previous_secret END AS previous_secret,
-       c.event_type,
-       c.payload::text AS payload,
-       (extract(epoch FROM c."createdAt") * 1000)::float8 AS created_at_ms,
-       c.attempt_count AS attempt,
-       c.max_attempts,
-       c.traceparent,
-       c.reclaimed
-FROM claimed c
-LEFT JOIN partner_webhooks p ON p.id = c.partner_webhook_id`
+// The claim and the batch completion are PL/pgSQL functions (migrations/0003_claim_functions.sql)
+// so their plans are kept per session instead of re-planned on every call.
+const CLAIM_SQL = "SELECT * FROM webhook_claim_deliveries($1, $2, $3)"
 
-/**
- * Records a batch of outcomes in one statement: the row updates, guarded by lease owner and
- * attempt number (a worker whose lease expired cannot overwrite a newer attempt), plus one
- * audit-log row per attempt. Returns the ids whose update held.
- */
-const completeSql = (audit: boolean) => `
-WITH o AS (
-  SELECT * FROM unnest($2::uuid[], $3::int[], $4::text[], $5::float8[], $6::int[], $7::text[], $8::text[],
-                       $9::text[], $10::float8[], $11::text[])
-    AS o(id, attempt, status, retry_delay_ms, response_status, error, reason, response_body, duration_ms, store_secret)
-), updated AS (
-  UPDATE webhook_delivery_queue q
-  SET status = o.status,
-      last_response_status = o.response_status,
-      last_error = o.error,
-      next_retry_at = CASE WHEN o.status = 'failed'
-                           THEN now() + o.retry_delay_ms * interval '1 millisecond'
-                           ELSE q.next_retry_at END,
-      delivered_at = CASE WHEN o.status = 'delivered' THEN now() ELSE q.delivered_at END,
-      locked_by = NULL,
-      locked_until = NULL,
-      secret = COALESCE(o.store_secret, q.secret),
-      "updatedAt" = now()
-  FROM o
-  WHERE q.id = o.id AND q.locked_by = $1 AND q.attempt_count = o.attempt AND q.status = 'processing'
-  RETURNING q.id
-)${audit ? `, logged AS (
-  INSERT INTO webhook_delivery_log
-    (delivery_id, attempt, outcome, reason, response_status, error, response_body, duration_ms, worker_id)
-  SELECT o.id, o.attempt, o.status, o.reason, o.response_status, o.error, o.response_body, o.duration_ms, $1
-  FROM o JOIN updated u ON u.id = o.id
-)` : ""}
-SELECT id::text AS id FROM updated`
+const COMPLETE_SQL = "SELECT webhook_complete_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) AS id"
 
 const RELEASE_SQL = `
 UPDATE webhook_delivery_queue q
@@ -199,7 +128,7 @@ export class DeliveryQueue extends Context.Tag("webhook-worker/DeliveryQueue")<D
           completions.length === 0
             ? Effect.succeed(new Set<string>())
             : Effect.gen(function*() {
-              const rows = yield* sql.unsafe<{ id: string }>(completeSql(audit), [
+              const rows = yield* sql.unsafe<{ id: string }>(COMPLETE_SQL, [
                 workerId,
                 completions.map((c) => c.id),
                 completions.map((c) => c.attempt),
@@ -210,7 +139,8 @@ export class DeliveryQueue extends Context.Tag("webhook-worker/DeliveryQueue")<D
                 completions.map((c) => c.reason),
                 completions.map((c) => c.responseBody),
                 completions.map((c) => c.durationMs),
-                completions.map((c) => c.storeSecret)
+                completions.map((c) => c.storeSecret),
+                audit
               ])
               const gone = completions.filter((c) => c.disableEndpoint !== null)
               if (gone.length > 0) {

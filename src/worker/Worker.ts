@@ -17,6 +17,7 @@ import {
   WorkerDefect
 } from "../delivery/Outcome.js"
 import { DeliveryHttp, type HttpReply } from "../http/DeliveryHttp.js"
+import { LogFields } from "../observability/Log.js"
 import { Metrics, type WorkerMetrics } from "../observability/Metrics.js"
 import { userAgent } from "../PackageInfo.js"
 import { type ClaimedDelivery, type Completion, DeliveryQueue } from "../queue/DeliveryQueue.js"
@@ -199,9 +200,7 @@ export const run = Effect.gen(function*() {
       completer.record(completion)
       observe(metrics, row, completion)
       if (tracing) yield* Effect.annotateCurrentSpan(spanResultAttributes(completion))
-      yield* Effect.logInfo("Delivering webhook").pipe(
-        Effect.annotateLogs(attemptLogFields(row, completion))
-      )
+      yield* Effect.logInfo("Delivering webhook", new LogFields(attemptLogFields(row, completion)))
     })
 
   const claimRetry = Schedule.exponential(Duration.millis(100), 2).pipe(Schedule.union(Schedule.spaced(Duration.seconds(5))))

@@ -1,4 +1,4 @@
--- The worker's two hot statements as PL/pgSQL functions. PL/pgSQL keeps each statement's plan
+-- The queue's hot statements as PL/pgSQL functions. PL/pgSQL keeps each statement's plan
 -- for the session, so a claim or a batch completion is not planned again on every call (about
 -- half a millisecond each, measured) whichever client calls it: the worker's own pool, a host
 -- application's PgClient, or a connection pooler. They are also the SQL-level API of the queue.
@@ -116,5 +116,32 @@ BEGIN
     )
     SELECT u.id::text FROM updated u;
   END IF;
+END
+$$;
+
+-- Queues rows (the library's and the CLI's enqueue): one row per array index. A row whose
+-- idempotency key is already queued for the same destination is skipped; the ids inserted are
+-- returned, so the caller can tell duplicates apart. Runs in the caller's transaction.
+CREATE FUNCTION webhook_enqueue_deliveries(
+  p_ids uuid[], p_user_ids text[], p_endpoint_ids uuid[], p_urls text[], p_secrets text[], p_event_types text[],
+  p_payloads text[], p_max_attempts integer[], p_delay_ms double precision[], p_not_before timestamptz[],
+  p_idempotency_keys text[], p_traceparents text[]
+)
+RETURNS SETOF text
+LANGUAGE plpgsql AS $$
+BEGIN
+  RETURN QUERY
+  WITH ins AS (
+    INSERT INTO webhook_delivery_queue
+      (id, "userId", partner_webhook_id, url, secret, event_type, payload, max_attempts, next_retry_at, idempotency_key, traceparent)
+    SELECT r.id, r.user_id, r.endpoint_id, r.url, r.secret, r.event_type, r.payload::json, r.max_attempts,
+           COALESCE(r.not_before, now() + r.delay_ms * interval '1 millisecond'), r.idempotency_key, r.traceparent
+    FROM unnest(p_ids, p_user_ids, p_endpoint_ids, p_urls, p_secrets, p_event_types, p_payloads, p_max_attempts,
+                p_delay_ms, p_not_before, p_idempotency_keys, p_traceparents)
+      AS r(id, user_id, endpoint_id, url, secret, event_type, payload, max_attempts, delay_ms, not_before, idempotency_key, traceparent)
+    ON CONFLICT ((COALESCE(partner_webhook_id::text, url)), idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING webhook_delivery_queue.id
+  )
+  SELECT ins.id::text FROM ins;
 END
 $$;

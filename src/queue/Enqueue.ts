@@ -197,19 +197,8 @@ export const toRow = (
 
 // Result columns are single lowercase words, which read the same under snake_case/camelCase
 // renaming, so a statement runner with result-name transforms still finds them.
-const INSERT_SQL = `
-WITH ins AS (
-  INSERT INTO webhook_delivery_queue
-    (id, "userId", partner_webhook_id, url, secret, event_type, payload, max_attempts, next_retry_at, idempotency_key, traceparent)
-  SELECT r.id, r.user_id, r.endpoint_id, r.url, r.secret, r.event_type, r.payload::json, r.max_attempts,
-         COALESCE(r.not_before, now() + r.delay_ms * interval '1 millisecond'), r.idempotency_key, r.traceparent
-  FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[],
-              $9::float8[], $10::timestamptz[], $11::text[], $12::text[])
-    AS r(id, user_id, endpoint_id, url, secret, event_type, payload, max_attempts, delay_ms, not_before, idempotency_key, traceparent)
-  ON CONFLICT ((COALESCE(partner_webhook_id::text, url)), idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-  RETURNING id
-)
-SELECT id::text AS id FROM ins`
+// A PL/pgSQL function (migrations/0003_claim_functions.sql): its plan is kept per session.
+const INSERT_SQL = "SELECT webhook_enqueue_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) AS id"
 
 const EXISTING_SQL = `
 SELECT COALESCE(partner_webhook_id::text, url) AS destination, idempotency_key AS ikey, id::text AS id

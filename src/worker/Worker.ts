@@ -94,6 +94,8 @@ export const prepare = (row: ClaimedDelivery, keyring: Keyring): Either.Either<P
 const statusOf = (decision: Decision) =>
   decision._tag === "Deliver" ? "delivered" as const : decision._tag === "Retry" ? "failed" as const : "dead_letter" as const
 
+const SETTLE_MS = 15
+
 /** Runs the worker until its scope closes; then drains (see `drain` below). */
 export const run = Effect.gen(function*() {
   const settings = yield* Settings
@@ -208,6 +210,9 @@ export const run = Effect.gen(function*() {
   const claimLoop = Effect.gen(function*() {
     let backlog = true
     let waitMs = 0
+    // After a notification, one more claim shortly after: the trigger notifies once per wave of
+    // concurrent commits, and a commit that raced the notifier's may not have been visible yet.
+    let settle = false
     while (true) {
       metrics.loopHeartbeat()
       current = yield* settings.get
@@ -217,7 +222,8 @@ export const run = Effect.gen(function*() {
         continue
       }
       if (!backlog) {
-        yield* Queue.take(wake).pipe(Effect.timeoutOption(Duration.millis(waitMs)))
+        const woken = yield* Queue.take(wake).pipe(Effect.timeoutOption(Duration.millis(waitMs)))
+        settle = Option.isSome(woken)
         current = yield* settings.get
       }
       const limit = Math.min(current.batchSize, current.maxConcurrentDeliveries - inFlight)
@@ -254,7 +260,9 @@ export const run = Effect.gen(function*() {
         if (reclaimed > 0) metrics.leasesReclaimed(reclaimed)
       }
       backlog = claimed.length === limit
-      if (!backlog) {
+      if (!backlog && settle) {
+        waitMs = SETTLE_MS
+      } else if (!backlog) {
         const next = yield* queue.nextDueInMs.pipe(Effect.orElseSucceed(() => null))
         waitMs = next === null ? current.pollIntervalMs : Math.min(current.pollIntervalMs, Math.max(next, 5))
       }

@@ -107,5 +107,18 @@ describe("workers sharing one queue", () => {
       yield* stop
       expect(new Set(receiver.requests.map((r) => r.headers["webhook-id"])).size).toBe(151)
     })), 60_000)
-})
 
+  it.live("concurrent producers each committing one row: every row is delivered promptly though notifications are coalesced", () =>
+    withDb(Effect.gen(function*() {
+      const receiver = yield* makeReceiver
+      const stop = yield* startWorker({ pollIntervalMs: 30_000, maxConcurrentDeliveries: 20 })
+      // 10 rounds of 20 producers committing at the same moment, each in its own transaction.
+      for (let round = 0; round < 10; round++) {
+        yield* Effect.forEach(Array.from({ length: 20 }, (_, i) => i), () => enqueue(1, receiver.url()), { concurrency: 20 })
+      }
+      const t0 = Date.now()
+      yield* eventually(Effect.map(countByStatus, (counts) => counts.delivered === 200 || undefined), "all delivered without polling", 10_000)
+      expect(Date.now() - t0).toBeLessThan(5_000)
+      yield* stop
+    })), 60_000)
+})

@@ -67,55 +67,33 @@ CREATE FUNCTION webhook_complete_deliveries(
 RETURNS SETOF text
 LANGUAGE plpgsql AS $$
 BEGIN
-  IF p_audit THEN
-    RETURN QUERY
-    WITH o AS (
-      SELECT * FROM unnest(p_ids, p_attempts, p_statuses, p_retry_delay_ms, p_response_statuses, p_errors, p_reasons,
-                           p_response_bodies, p_duration_ms, p_store_secrets)
-        AS o(id, attempt, status, retry_delay_ms, response_status, error, reason, response_body, duration_ms, store_secret)
-    ), updated AS (
-      UPDATE webhook_delivery_queue q
-      SET status = o.status,
-          last_response_status = o.response_status,
-          last_error = o.error,
-          next_retry_at = CASE WHEN o.status = 'failed' THEN now() + o.retry_delay_ms * interval '1 millisecond' ELSE q.next_retry_at END,
-          delivered_at = CASE WHEN o.status = 'delivered' THEN now() ELSE q.delivered_at END,
-          locked_by = NULL,
-          locked_until = NULL,
-          secret = COALESCE(o.store_secret, q.secret),
-          "updatedAt" = now()
-      FROM o
-      WHERE q.id = o.id AND q.locked_by = p_worker AND q.attempt_count = o.attempt AND q.status = 'processing'
-      RETURNING q.id
-    ), logged AS (
-      INSERT INTO webhook_delivery_log
-        (delivery_id, attempt, outcome, reason, response_status, error, response_body, duration_ms, worker_id)
-      SELECT o.id, o.attempt, o.status, o.reason, o.response_status, o.error, o.response_body, o.duration_ms, p_worker
-      FROM o JOIN updated u ON u.id = o.id
-    )
-    SELECT u.id::text FROM updated u;
-  ELSE
-    RETURN QUERY
-    WITH o AS (
-      SELECT * FROM unnest(p_ids, p_attempts, p_statuses, p_retry_delay_ms, p_response_statuses, p_errors, p_store_secrets)
-        AS o(id, attempt, status, retry_delay_ms, response_status, error, store_secret)
-    ), updated AS (
-      UPDATE webhook_delivery_queue q
-      SET status = o.status,
-          last_response_status = o.response_status,
-          last_error = o.error,
-          next_retry_at = CASE WHEN o.status = 'failed' THEN now() + o.retry_delay_ms * interval '1 millisecond' ELSE q.next_retry_at END,
-          delivered_at = CASE WHEN o.status = 'delivered' THEN now() ELSE q.delivered_at END,
-          locked_by = NULL,
-          locked_until = NULL,
-          secret = COALESCE(o.store_secret, q.secret),
-          "updatedAt" = now()
-      FROM o
-      WHERE q.id = o.id AND q.locked_by = p_worker AND q.attempt_count = o.attempt AND q.status = 'processing'
-      RETURNING q.id
-    )
-    SELECT u.id::text FROM updated u;
-  END IF;
+  RETURN QUERY
+  WITH o AS (
+    SELECT * FROM unnest(p_ids, p_attempts, p_statuses, p_retry_delay_ms, p_response_statuses, p_errors, p_reasons,
+                         p_response_bodies, p_duration_ms, p_store_secrets)
+      AS o(id, attempt, status, retry_delay_ms, response_status, error, reason, response_body, duration_ms, store_secret)
+  ), updated AS (
+    UPDATE webhook_delivery_queue q
+    SET status = o.status,
+        last_response_status = o.response_status,
+        last_error = o.error,
+        next_retry_at = CASE WHEN o.status = 'failed' THEN now() + o.retry_delay_ms * interval '1 millisecond' ELSE q.next_retry_at END,
+        delivered_at = CASE WHEN o.status = 'delivered' THEN now() ELSE q.delivered_at END,
+        locked_by = NULL,
+        locked_until = NULL,
+        secret = COALESCE(o.store_secret, q.secret),
+        "updatedAt" = now()
+    FROM o
+    WHERE q.id = o.id AND q.locked_by = p_worker AND q.attempt_count = o.attempt AND q.status = 'processing'
+    RETURNING q.id
+  ), logged AS (
+    INSERT INTO webhook_delivery_log
+      (delivery_id, attempt, outcome, reason, response_status, error, response_body, duration_ms, worker_id)
+    SELECT o.id, o.attempt, o.status, o.reason, o.response_status, o.error, o.response_body, o.duration_ms, p_worker
+    FROM o JOIN updated u ON u.id = o.id
+    WHERE p_audit
+  )
+  SELECT u.id::text FROM updated u;
 END
 $$;
 

@@ -14,7 +14,7 @@ const jsonLine = (running: Running, what: string, matches: (line: Record<string,
       const found = jsonLines(running.lines).find(matches)
       if (found !== undefined) return found
       if (Date.now() > deadline || running.process.exitCode !== null) {
-        return yield* Effect.die(new Error(`no ${what}; stdout:\n${running.lines.join("\n")}\nstderr:\n${running.stderr()}`))
+        return yield* Effect.die(new Error(`no ${what}; stdout:\n${running.lines.join("\n")}\nstderr:\n${running.stderr.join("")}`))
       }
       yield* Effect.sleep("50 millis")
     }

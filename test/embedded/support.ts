@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import { type ChildProcess, spawn } from "node:child_process"
+import * as Cli from "../utils/Cli.js"
 import { existsSync } from "node:fs"
 import { mkdtemp, rm } from "node:fs/promises"
 import { tmpdir } from "node:os"
@@ -34,76 +34,15 @@ export const tempDir = (prefix: string) =>
     (dir) => Effect.promise(() => rm(dir, { recursive: true, force: true }))
   )
 
-export interface CliResult {
-  readonly code: number | null
-  readonly stdout: string
-  readonly stderr: string
-}
+export type { CliResult, RunningCli as Running } from "../utils/Cli.js"
 
-/** Runs the CLI in `cwd` to completion. */
+/** Runs the built CLI in `cwd` to completion. */
 export const runCli = (cwd: string, args: ReadonlyArray<string>, env: Record<string, string> = embeddedEnv()) =>
-  Effect.async<CliResult>((resume) => {
-    const child = spawn(process.execPath, [bin, ...args], { cwd, env, stdio: ["ignore", "pipe", "pipe"] })
-    let stdout = ""
-    let stderr = ""
-    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()))
-    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()))
-    child.on("close", (code) => resume(Effect.succeed({ code, stdout, stderr })))
-    return Effect.sync(() => child.kill("SIGKILL"))
-  })
+  Cli.runCli(args, env, { cwd })
 
-/** A long-running CLI process (worker, receiver) whose stdout is collected line by line. */
-export interface Running {
-  readonly process: ChildProcess
-  readonly lines: Array<string>
-  readonly stderr: () => string
-  readonly signal: (signal: NodeJS.Signals) => Effect.Effect<void>
-  readonly exited: Effect.Effect<number | null>
-  readonly waitForLine: (pattern: RegExp, timeoutMs?: number) => Effect.Effect<string>
-}
-
+/** A long-running CLI process (worker, receiver) in `cwd`, its stdout collected line by line. */
 export const spawnCli = (cwd: string, args: ReadonlyArray<string>, env: Record<string, string> = embeddedEnv()) =>
-  Effect.acquireRelease(
-    Effect.sync((): Running => {
-      const child = spawn(process.execPath, [bin, ...args], { cwd, env, stdio: ["ignore", "pipe", "pipe"] })
-      const lines: Array<string> = []
-      let stderr = ""
-      let buffered = ""
-      child.stdout!.on("data", (chunk: Buffer) => {
-        buffered += chunk.toString()
-        const parts = buffered.split("\n")
-        buffered = parts.pop()!
-        lines.push(...parts)
-      })
-      child.stderr!.on("data", (chunk: Buffer) => (stderr += chunk.toString()))
-      const exit = new Promise<number | null>((done) => child.on("exit", (code) => done(code)))
-      return {
-        process: child,
-        lines,
-        stderr: () => stderr,
-        signal: (signal) => Effect.sync(() => void child.kill(signal)),
-        exited: Effect.promise(() => exit),
-        waitForLine: (pattern, timeoutMs = 30_000) =>
-          Effect.gen(function*() {
-            const deadline = Date.now() + timeoutMs
-            while (true) {
-              const found = lines.find((line) => pattern.test(line))
-              if (found !== undefined) return found
-              if (Date.now() > deadline || child.exitCode !== null) {
-                return yield* Effect.die(
-                  new Error(`no line matching ${pattern} (exit ${child.exitCode}); stdout:\n${lines.join("\n")}\nstderr:\n${stderr}`)
-                )
-              }
-              yield* Effect.sleep("50 millis")
-            }
-          })
-      }
-    }),
-    (running) =>
-      Effect.sync(() => {
-        if (running.process.exitCode === null && running.process.signalCode === null) running.process.kill("SIGKILL")
-      })
-  )
+  Cli.spawnCli(args, env, { cwd })
 
 /** Parses the JSON log lines (or JSON output lines) that parse; others are skipped. */
 export const jsonLines = (lines: ReadonlyArray<string>): Array<Record<string, unknown>> =>

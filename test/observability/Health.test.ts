@@ -2,12 +2,12 @@ import { it } from "@effect/vitest"
 import type { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { Cause, Effect, Either, Exit, Layer, Option, Redacted, type Scope } from "effect"
-import { createServer } from "node:net"
 import { describe, expect } from "vitest"
 import { type AppSettings, defaults, Settings } from "../../src/config/AppConfig.js"
 import { migrate, readMigrations } from "../../src/db/Migrator.js"
 import * as Metrics from "../../src/observability/Metrics.js"
 import * as MetricsServer from "../../src/observability/MetricsServer.js"
+import { freePort } from "../utils/Ports.js"
 import { makeReceiver } from "../utils/Receiver.js"
 import { layerPg, testDatabase } from "../utils/TestDatabase.js"
 import { databaseUrl } from "../utils/urls.js"
@@ -20,15 +20,6 @@ const scoped = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient | PgClient
 const status = (url: string) => Effect.map(get(url), (result) => ({ status: result.status, body: JSON.parse(result.body) as Record<string, unknown> }))
 
 /** A free loopback port (bound, then released). */
-const freePort = Effect.promise(() =>
-  new Promise<number>((resolve) => {
-    const probe = createServer()
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address() as { port: number }
-      probe.close(() => resolve(port))
-    })
-  })
-)
 
 /** A database of the test server without any migrations applied, dropped at the end of the scope. */
 const emptyDatabase = Effect.acquireRelease(

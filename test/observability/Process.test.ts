@@ -8,6 +8,7 @@ import { mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { describe, expect } from "vitest"
+import { freePort } from "../utils/Ports.js"
 import { makeReceiver } from "../utils/Receiver.js"
 import { testDatabase } from "../utils/TestDatabase.js"
 import { eventually, statusIs, TEST_KEY } from "../utils/WorkerHarness.js"
@@ -56,17 +57,6 @@ const startCommand = (args: ReadonlyArray<string>, env: Record<string, string>) 
     ({ child }) => Effect.sync(() => void (child.exitCode === null && child.kill("SIGKILL")))
   )
 
-const freePort = Effect.promise(() =>
-  import("node:net").then(({ createServer }) =>
-    new Promise<number>((resolve) => {
-      const probe = createServer()
-      probe.listen(0, "127.0.0.1", () => {
-        const { port } = probe.address() as { port: number }
-        probe.close(() => resolve(port))
-      })
-    })
-  )
-)
 
 const hex = (bytes: number) => randomBytes(bytes).toString("hex")
 

@@ -2,7 +2,6 @@ import { SqlClient } from "@effect/sql"
 import { Context, Effect, Exit, Layer, Scope } from "effect"
 import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
-import Pg from "pg"
 import { type AppSettings, Settings } from "../../src/config/AppConfig.js"
 import { Keyring } from "../../src/crypto/Keyring.js"
 import * as DeliveryHttp from "../../src/http/DeliveryHttp.js"
@@ -12,7 +11,7 @@ import { DeliveryQueue } from "../../src/queue/DeliveryQueue.js"
 import { insertRows, toRow } from "../../src/queue/Enqueue.js"
 import * as Wakeup from "../../src/worker/Wakeup.js"
 import * as Worker from "../../src/worker/Worker.js"
-import { adminUrl } from "../utils/urls.js"
+import { admin } from "../utils/TestDatabase.js"
 import { TEST_KEY, testSettings } from "../utils/WorkerHarness.js"
 
 export const keyring = new Keyring(Buffer.from(TEST_KEY, "base64"), [])
@@ -142,17 +141,7 @@ export const insertForEndpoint = (endpointId: string, userId: string) =>
       VALUES (${userId}, ${endpointId}, 'order.created', '{"n": 1}'::json) RETURNING id::text`
   ).pipe(Effect.map((rows) => rows[0]!.id), Effect.orDie)
 
-/** Runs `run` on an admin connection to the test server (to break or drop test databases). */
-export const admin = <A>(run: (client: Pg.Client) => Promise<A>) =>
-  Effect.promise(async () => {
-    const client = new Pg.Client({ connectionString: adminUrl() })
-    await client.connect()
-    try {
-      return await run(client)
-    } finally {
-      await client.end()
-    }
-  })
+export { admin }
 
 /** The database name the SqlClient in scope is connected to. */
 export const currentDatabase = Effect.flatMap(SqlClient.SqlClient, (sql) =>

@@ -40,16 +40,20 @@ export const runCliInProcess = (args: ReadonlyArray<string>, env: Record<string,
     )
   })
 
+export interface SpawnOptions {
+  /** Working directory of the process (the embedded database lives under it). */
+  readonly cwd?: string
+}
+
 /** Runs the built CLI (`npm test` builds dist/ first) to completion. */
-export const runCli = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}, stdin?: string) =>
+export const runCli = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}, options: SpawnOptions = {}) =>
   Effect.async<CliResult>((resume) => {
-    const child = spawn(process.execPath, [bin, ...args], { env: baseEnv(env), stdio: ["pipe", "pipe", "pipe"] })
+    const child = spawn(process.execPath, [bin, ...args], { cwd: options.cwd, env: baseEnv(env), stdio: ["ignore", "pipe", "pipe"] })
     let stdout = ""
     let stderr = ""
     child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()))
     child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()))
     child.on("close", (code) => resume(Effect.succeed({ code, stdout, stderr })))
-    child.stdin.end(stdin ?? "")
     return Effect.sync(() => child.kill("SIGKILL"))
   })
 
@@ -63,10 +67,10 @@ export interface RunningCli {
   readonly waitForLine: (pattern: RegExp, timeoutMs?: number) => Effect.Effect<string>
 }
 
-export const spawnCli = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}) =>
+export const spawnCli = (args: ReadonlyArray<string>, env: Record<string, string | undefined> = {}, options: SpawnOptions = {}) =>
   Effect.acquireRelease(
     Effect.sync((): RunningCli => {
-      const child = spawn(process.execPath, [bin, ...args], { env: baseEnv(env), stdio: ["ignore", "pipe", "pipe"] })
+      const child = spawn(process.execPath, [bin, ...args], { cwd: options.cwd, env: baseEnv(env), stdio: ["ignore", "pipe", "pipe"] })
       const lines: Array<string> = []
       const stderr: Array<string> = []
       let buffered = ""
@@ -84,7 +88,7 @@ export const spawnCli = (args: ReadonlyArray<string>, env: Record<string, string
         stderr,
         signal: (signal) => Effect.sync(() => void child.kill(signal)),
         exited: Effect.promise(() => exit),
-        waitForLine: (pattern, timeoutMs = 15_000) =>
+        waitForLine: (pattern, timeoutMs = 30_000) =>
           Effect.gen(function*() {
             const deadline = Date.now() + timeoutMs
             while (true) {

@@ -4,7 +4,8 @@ import Pg from "pg"
 import { inject } from "vitest"
 import { adminUrl, databaseUrl } from "./urls.js"
 
-const admin = <A>(run: (client: Pg.Client) => Promise<A>) =>
+/** Runs `run` on an admin connection to the test server (to create, break or drop test databases). */
+export const admin = <A>(run: (client: Pg.Client) => Promise<A>) =>
   Effect.promise(async () => {
     const client = new Pg.Client({ connectionString: adminUrl() })
     await client.connect()

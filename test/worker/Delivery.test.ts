@@ -58,4 +58,20 @@ describe("delivery end to end", () => {
       const final = yield* rowById(id)
       expect(final.last_response_status).toBe(204)
     })))
+
+  it.live("AUDIT_LOG_ENABLED=false records outcomes but writes no webhook_delivery_log rows", () =>
+    scoped(Effect.gen(function*() {
+      const receiver = yield* makeReceiver
+      let calls = 0
+      receiver.respond = () => (++calls === 1 ? { status: 500 } : { status: 200 })
+      const id = yield* insertRaw({ url: receiver.url() })
+      const stop = yield* startWorker({ auditLogEnabled: false })
+      const row = yield* eventually(statusIs(id, "delivered"), "delivered")
+      yield* stop
+      expect(row.attempt_count).toBe(2)
+      const sql = yield* SqlClient.SqlClient
+      const [logged] = yield* sql<{ n: string }>`SELECT count(*) AS n FROM webhook_delivery_log`
+      expect(logged!.n).toBe("0")
+    })))
 })
+

@@ -2,16 +2,23 @@ import { it } from "@effect/vitest"
 import { Duration, Effect, FastCheck as fc, Option } from "effect"
 import { describe, expect } from "vitest"
 import {
+  type AttemptOutcome,
+  AttemptsExhausted,
   classifyStatus,
   ConnectionFailed,
   decide,
+  Delivered,
   DeliveryTimeout,
   DestinationBlocked,
   DnsFailed,
   EndpointDisabled,
+  Gone,
   InvalidUrl,
   isRetryable,
-  SecretUndecryptable
+  RejectedStatus,
+  RetryableStatus,
+  SecretUndecryptable,
+  WorkerDefect
 } from "../../src/delivery/Outcome.js"
 import { delayAfterAttempt, honourRetryAfter, JITTER_MAX, JITTER_MIN, parseRetryAfter } from "../../src/delivery/RetryPolicy.js"
 
@@ -22,20 +29,45 @@ const settings = fc.record({
 }).filter((s) => s.retryMaxDelayMs >= s.retryBaseDelayMs)
 const maxAttempts = fc.integer({ min: 1, max: 30 })
 
+/**
+ * What SPEC.md's "Outcome of an attempt" table says of every outcome tag, and how to draw one.
+ * The mapped type makes a new tag in Outcome.ts a compile error here until it is classified.
+ */
+type Expected = "delivered" | "retryable" | "permanent"
+const outcomes: { readonly [K in AttemptOutcome["_tag"]]: readonly [Expected, fc.Arbitrary<Extract<AttemptOutcome, { _tag: K }>>] } = {
+  Delivered: ["delivered", fc.integer({ min: 200, max: 299 }).map((status) => new Delivered({ status }))],
+  RetryableStatus: ["retryable", fc.oneof(fc.integer({ min: 500, max: 599 }), fc.constantFrom(408, 429)).map((status) =>
+    new RetryableStatus({ status, retryAfter: Option.none() }))],
+  DeliveryTimeout: ["retryable", fc.integer({ min: 1, max: 60_000 }).map((timeoutMs) => new DeliveryTimeout({ timeoutMs }))],
+  ConnectionFailed: ["retryable", fc.constantFrom("ECONNREFUSED", "ECONNRESET", "EPIPE").map((code) => new ConnectionFailed({ code, detail: "x" }))],
+  DnsFailed: ["retryable", fc.constantFrom("ENOTFOUND", "EAI_AGAIN").map((code) => new DnsFailed({ hostname: "h", code }))],
+  WorkerDefect: ["retryable", fc.constant(new WorkerDefect({ detail: "bug" }))],
+  Gone: ["permanent", fc.constant(new Gone({ status: 410 }))],
+  RejectedStatus: ["permanent", fc.oneof(fc.integer({ min: 100, max: 199 }), fc.integer({ min: 300, max: 499 }))
+    .filter((s) => s !== 408 && s !== 429 && s !== 410).map((status) => new RejectedStatus({ status }))],
+  DestinationBlocked: ["permanent", fc.constantFrom("private", "loopback", "cloud metadata").map((range) =>
+    new DestinationBlocked({ hostname: "h", address: "10.0.0.1", range }))],
+  InvalidUrl: ["permanent", fc.constant(new InvalidUrl({ reason: "x" }))],
+  SecretUndecryptable: ["permanent", fc.constant(new SecretUndecryptable({ reason: "x" }))],
+  EndpointDisabled: ["permanent", fc.constant(new EndpointDisabled({ reason: "x" }))],
+  AttemptsExhausted: ["permanent", fc.integer({ min: 1, max: 1000 }).map((attempts) => new AttemptsExhausted({ attempts }))]
+}
+const outcomesThat = (expected: Expected) =>
+  Object.values(outcomes).filter(([kind]) => kind === expected).map(([, arbitrary]) => arbitrary as fc.Arbitrary<AttemptOutcome>)
+const permanentTags = Object.entries(outcomes).filter(([, [kind]]) => kind === "permanent").map(([tag]) => tag)
+
 const permanentOutcomes = fc.oneof(
-  fc.integer({ min: 300, max: 499 }).filter((s) => s !== 408 && s !== 429).map((s) => classifyStatus(s, () => Option.none())),
-  fc.constant(new DestinationBlocked({ hostname: "h", address: "10.0.0.1", range: "private" })),
-  fc.constant(new InvalidUrl({ reason: "x" })),
-  fc.constant(new SecretUndecryptable({ reason: "x" })),
-  fc.constant(new EndpointDisabled({ reason: "x" }))
+  ...outcomesThat("permanent"),
+  // Statuses as the HTTP client classifies them, too.
+  fc.integer({ min: 300, max: 499 }).filter((s) => s !== 408 && s !== 429).map((s) => classifyStatus(s, () => Option.none()))
 )
 const retryableOutcomes = fc.oneof(
+  ...outcomesThat("retryable"),
   fc.integer({ min: 500, max: 599 }).map((s) => classifyStatus(s, () => Option.none())),
-  fc.constantFrom(408, 429).map((s) => classifyStatus(s, () => Option.none())),
-  fc.constant(new DeliveryTimeout({ timeoutMs: 1000 })),
-  fc.constant(new ConnectionFailed({ code: "ECONNREFUSED", detail: "x" })),
-  fc.constant(new DnsFailed({ hostname: "h", code: "ENOTFOUND" }))
+  fc.constantFrom(408, 429).map((s) => classifyStatus(s, () => Option.none()))
 )
+/** An attempt number and the row's max_attempts, in any relation (including attempts past the budget). */
+const attemptAndMax = fc.tuple(fc.integer({ min: 1, max: 1000 }), fc.integer({ min: 1, max: 1000 }))
 
 describe("retry policy", () => {
   it.effect.prop("each delay is the exponential step, jittered within ±20 %, never above RETRY_MAX_DELAY", [settings, maxAttempts, fc.integer({ min: 1, max: 29 })], ([s, max, attempt]) =>
@@ -76,10 +108,26 @@ describe("retry policy", () => {
       expect(attempts).toBe(max)
     }))
 
-  it.effect.prop("permanent outcomes are never retried, whatever the attempt", [settings, maxAttempts, permanentOutcomes], ([s, max, outcome]) =>
+  it("every outcome tag is classified as SPEC.md says", () => {
+    expect(permanentTags.sort()).toEqual([
+      "AttemptsExhausted", "DestinationBlocked", "EndpointDisabled", "Gone", "InvalidUrl", "RejectedStatus", "SecretUndecryptable"
+    ])
+    for (const [kind, arbitrary] of Object.values(outcomes)) {
+      for (const outcome of fc.sample(arbitrary as fc.Arbitrary<AttemptOutcome>, 20)) {
+        expect(isRetryable(outcome), outcome._tag).toBe(kind === "retryable")
+      }
+    }
+  })
+
+  it.effect.prop("permanent outcomes are dead-lettered, never retried, whatever the attempt and max_attempts", [settings, attemptAndMax, permanentOutcomes], ([s, [attempt, max], outcome]) =>
     Effect.gen(function*() {
       expect(isRetryable(outcome)).toBe(false)
-      expect((yield* decide(outcome, 1, max, s))._tag).toBe("DeadLetter")
+      expect(yield* decide(outcome, attempt, max, s)).toEqual({ _tag: "DeadLetter" })
+    }))
+
+  it.effect.prop("2xx is delivered whatever the attempt and max_attempts", [settings, attemptAndMax, fc.integer({ min: 200, max: 299 })], ([s, [attempt, max], status]) =>
+    Effect.gen(function*() {
+      expect(yield* decide(classifyStatus(status, () => Option.none()), attempt, max, s)).toEqual({ _tag: "Deliver" })
     }))
 
   it.prop("Retry-After is honoured: never earlier than asked, never later than RETRY_MAX_DELAY", [settings, fc.integer({ min: 0, max: 10_000_000 }), fc.integer({ min: 0, max: 100_000_000 })], ([s, scheduledMs, askedMs]) => {

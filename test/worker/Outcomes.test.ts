@@ -7,7 +7,7 @@ import { decodeEncryptionKey } from "../../src/config/AppConfig.js"
 import { Keyring } from "../../src/crypto/Keyring.js"
 import { makeReceiver } from "../utils/Receiver.js"
 import { layerPg } from "../utils/TestDatabase.js"
-import { eventually, insertRaw, type QueueRow, startWorker, TEST_KEY } from "../utils/WorkerHarness.js"
+import { eventually, insertRaw, type QueueRow, startWorker, statusIs, TEST_KEY } from "../utils/WorkerHarness.js"
 
 const withDb = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient | PgClient.PgClient | Scope.Scope>) =>
   effect.pipe(Effect.provide(Layer.fresh(layerPg)), Effect.scoped)
@@ -148,6 +148,55 @@ describe("every outcome of SPEC.md, end to end", () => {
       const [logged] = yield* sql<{ n: string }>`SELECT count(*) AS n FROM webhook_delivery_log`
       expect(Number(logged!.n)).toBe(totalAttempts)
     })), 40_000)
+
+  it.live("503 with Retry-After: next_retry_at honours it; a Retry-After beyond RETRY_MAX_DELAY is capped at it", () =>
+    withDb(Effect.gen(function*() {
+      const receiver = yield* makeReceiver
+      const seen = new Map<string, number>()
+      receiver.respond = (request) => {
+        const n = (seen.get(request.path) ?? 0) + 1
+        seen.set(request.path, n)
+        if (n > 1) return { status: 200 }
+        // Asks for 2 s (the schedule alone would say 50 ms), or for an hour (RETRY_MAX_DELAY is 3 s).
+        return { status: 503, headers: { "retry-after": request.path === "/after2" ? "2" : "3600" } }
+      }
+      const honoured = yield* insertRaw({ url: receiver.url("/after2"), eventType: "after2" })
+      const capped = yield* insertRaw({ url: receiver.url("/after3600"), eventType: "after3600" })
+      const stop = yield* startWorker({ retryBaseDelayMs: 50, retryMaxDelayMs: 3000 })
+
+      // Between the attempts: failed, and due when the receiver asked (or at the cap).
+      const waiting = yield* eventually(
+        Effect.map(rows, (byType) => {
+          const both = [byType.get("after2"), byType.get("after3600")]
+          return both.every((row) => row?.status === "failed") ? both as [QueueRow, QueueRow] : undefined
+        }),
+        "both rows waiting for their retry"
+      )
+      const firstAttempt = (path: string) => receiver.requests.find((r) => r.path === path)!.at
+      const [after2, after3600] = waiting
+      expect(after2).toMatchObject({ id: honoured, attempt_count: 1, last_response_status: 503, last_error: "HTTP 503 (Retry-After 2s)" })
+      expect(after3600).toMatchObject({ id: capped, attempt_count: 1, last_response_status: 503, last_error: "HTTP 503 (Retry-After 3600s)" })
+      const dueAfter2 = after2.next_retry_at.getTime() - firstAttempt("/after2")
+      expect(dueAfter2).toBeGreaterThanOrEqual(1950)
+      expect(dueAfter2).toBeLessThan(3000)
+      const dueAfter3600 = after3600.next_retry_at.getTime() - firstAttempt("/after3600")
+      expect(dueAfter3600).toBeGreaterThanOrEqual(2950)
+      expect(dueAfter3600).toBeLessThan(4000)
+
+      // And the worker waited that long before trying again.
+      for (const id of [honoured, capped]) yield* eventually(statusIs(id, "delivered"), `${id} delivered`)
+      yield* stop
+      const gap = (path: string) => {
+        const [first, second] = receiver.requests.filter((r) => r.path === path)
+        return second!.at - first!.at
+      }
+      expect(gap("/after2")).toBeGreaterThanOrEqual(1950)
+      expect(gap("/after3600")).toBeGreaterThanOrEqual(2950)
+      expect(gap("/after3600")).toBeLessThan(6000)
+      const final = yield* rows
+      expect(final.get("after2")).toMatchObject({ status: "delivered", attempt_count: 2, last_response_status: 200 })
+      expect(final.get("after3600")).toMatchObject({ status: "delivered", attempt_count: 2, last_response_status: 200 })
+    })), 30_000)
 
   it.live("blocked destinations are dead-lettered at once, never retried", () =>
     withDb(Effect.gen(function*() {

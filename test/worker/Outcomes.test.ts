@@ -167,8 +167,8 @@ describe("every outcome of SPEC.md, end to end", () => {
       // Between the attempts: failed, and due when the receiver asked (or at the cap).
       const waiting = yield* eventually(
         Effect.map(rows, (byType) => {
-          const both = [byType.get("after2"), byType.get("after3600")]
-          return both.every((row) => row?.status === "failed") ? both as [QueueRow, QueueRow] : undefined
+          const [a, b] = [byType.get("after2"), byType.get("after3600")]
+          return a?.status === "failed" && b?.status === "failed" ? [a, b] as const : undefined
         }),
         "both rows waiting for their retry"
       )

@@ -1,17 +1,27 @@
 import { it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
 import type { PgClient } from "@effect/sql-pg"
-import { Effect, Layer, type Scope } from "effect"
+import { PgClient as Pg } from "@effect/sql-pg"
+import { Effect, Layer, Option, Redacted, type Scope } from "effect"
 import { describe, expect } from "vitest"
 import * as Metrics from "../../src/observability/Metrics.js"
 import { DELIVERED_EXACT_LIMIT, QUEUE_STATS_SQL, readQueueStats } from "../../src/observability/MetricsServer.js"
+import { spawnCli } from "../utils/Cli.js"
+import { freePort } from "../utils/Ports.js"
 import { makeReceiver } from "../utils/Receiver.js"
-import { layerPg } from "../utils/TestDatabase.js"
-import { eventually, insertRaw, statusIs } from "../utils/WorkerHarness.js"
-import { enqueue, insertEndpoint, insertForEndpoint, sample, scrape, start, startServer, workerLayer } from "./support.js"
+import { layerPg, TestDb } from "../utils/TestDatabase.js"
+import { eventually, insertRaw, statusIs, TEST_KEY } from "../utils/WorkerHarness.js"
+import { enqueue, get, insertEndpoint, insertForEndpoint, parseSamples, request, sample, scrape, start, startServer, waitFor, workerLayer } from "./support.js"
 
 const scoped = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient | PgClient.PgClient | Scope.Scope>) =>
   effect.pipe(Effect.provide(Layer.fresh(layerPg)), Effect.scoped)
+
+/** The same, also giving the database's URL (for a worker process). */
+const withDb = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient | PgClient.PgClient | TestDb | Scope.Scope>) =>
+  Effect.gen(function*() {
+    const db = yield* TestDb
+    return yield* effect.pipe(Effect.provide(Pg.layer({ url: Redacted.make(db.url), maxConnections: 2 })))
+  }).pipe(Effect.provide(Layer.fresh(TestDb.Default)), Effect.scoped)
 
 describe("GET /metrics", () => {
   it.live("counters, histogram and queue gauges move with real deliveries (delivered, retried, dead-lettered)", () =>
@@ -108,6 +118,81 @@ describe("GET /metrics", () => {
       expect(sample(later.samples, "webhook_queue_stats_refreshed_timestamp_seconds")).toBeGreaterThan(refreshedAt!)
       yield* stop
     })))
+
+  it.live("webhook_deliveries_in_flight counts a delivery while the receiver holds it open, and is 0 once it is answered", () =>
+    scoped(Effect.gen(function*() {
+      const receiver = yield* makeReceiver
+      let release = false
+      receiver.respond = () => ({ status: 200, delayMs: release ? 0 : 1500 })
+      const metrics = Metrics.make({ tenantLabels: true, processMetrics: false })
+      const { server, stop: stopServer } = yield* startServer(metrics)
+      const held = yield* insertRaw({ url: receiver.url("/held") })
+      const { stop } = yield* start(workerLayer({ metrics }))
+      yield* receiver.waitForRequests(1)
+      const during = yield* scrape(server)
+      expect(yield* statusIs(held, "processing")).toBeDefined()
+      expect(sample(during.samples, "webhook_deliveries_in_flight")).toBe(1)
+      release = true
+      yield* eventually(statusIs(held, "delivered"), "held delivery answered")
+      const after = yield* waitFor(
+        Effect.map(scrape(server), (result) => (sample(result.samples, "webhook_deliveries_in_flight") === 0 ? result : undefined)),
+        "in-flight back to 0",
+        5000
+      )
+      expect(sample(after.samples, "webhooks_delivered_total", { user_id: "test_user_id" })).toBe(1)
+      yield* stop
+      yield* stopServer
+    })))
+
+  it.live("webhook_leases_reclaimed_total counts a processing row whose lease expired, claimed again by the worker", () =>
+    scoped(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const receiver = yield* makeReceiver
+      const metrics = Metrics.make({ tenantLabels: true, processMetrics: false })
+      const { server, stop: stopServer } = yield* startServer(metrics)
+      // A dead worker's claim, its lease over; and an ordinary pending row beside it.
+      const [orphan] = yield* sql<{ id: string }>`
+        INSERT INTO webhook_delivery_queue (url, secret, event_type, payload, status, attempt_count, locked_by, locked_until, next_retry_at)
+        VALUES (${receiver.url("/orphan")}, 's', 'e', '{}', 'processing', 1, 'dead-worker', now() - interval '1 second', now() - interval '1 second')
+        RETURNING id::text`
+      const fresh = yield* insertRaw({ url: receiver.url("/fresh") })
+      const idle = yield* scrape(server)
+      expect(sample(idle.samples, "webhook_leases_reclaimed_total")).toBe(0)
+
+      const { stop } = yield* start(workerLayer({ metrics }))
+      for (const id of [orphan!.id, fresh]) yield* eventually(statusIs(id, "delivered"), `${id} delivered`)
+      yield* stop
+      const { samples } = yield* scrape(server)
+      expect(sample(samples, "webhook_leases_reclaimed_total")).toBe(1)
+      expect(sample(samples, "webhook_rows_claimed_total")).toBe(2)
+      yield* stopServer
+    }).pipe(Effect.orDie)))
+
+  it.live("METRICS_TENANT_LABELS=false in the environment of `webhook-worker run` drops the tenant labels from its /metrics", () =>
+    withDb(Effect.gen(function*() {
+      const db = yield* TestDb
+      const receiver = yield* makeReceiver
+      const port = yield* freePort
+      const ids = [yield* insertRaw({ url: receiver.url(), userId: "tenant_a" }), yield* insertRaw({ url: receiver.url(), userId: "tenant_b" })]
+      const worker = yield* spawnCli(["run"], {
+        DATABASE_URL: db.url,
+        WEBHOOK_SECRET_ENCRYPTION_KEY: TEST_KEY,
+        WEBHOOK_ALLOW_PRIVATE_NETWORKS: "true",
+        METRICS_PORT: String(port),
+        METRICS_TENANT_LABELS: "false"
+      })
+      for (const id of ids) yield* eventually(statusIs(id, "delivered"), "delivered", 30_000)
+      const metricsUrl = `http://127.0.0.1:${port}/metrics`
+      const samples = yield* waitFor(
+        Effect.map(request(metricsUrl).pipe(Effect.option), (r) => (Option.isSome(r) && r.value.status === 200 ? parseSamples(r.value.body) : undefined)),
+        "the worker's /metrics"
+      )
+      expect(samples.filter((s) => s.name === "webhooks_delivered_total")).toEqual([{ name: "webhooks_delivered_total", labels: {}, value: 2 }])
+      const text = (yield* get(metricsUrl)).body
+      expect(text).not.toMatch(/user_id=|partner_id=|tenant_a|tenant_b/)
+      yield* worker.signal("SIGTERM")
+      expect(yield* worker.exited).toBe(0)
+    }).pipe(Effect.orDie)), 60_000)
 
   it.live("METRICS_TENANT_LABELS=false drops user_id and partner_id from the delivered counter", () =>
     scoped(Effect.gen(function*() {

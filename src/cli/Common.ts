@@ -8,8 +8,11 @@ import { CliEnvironment } from "./CliEnvironment.js"
 // What every command module shares: options, how settings are read, how the database is reached.
 
 export const envFile = Options.file("env-file", { exists: "either" }).pipe(
-  Options.withDescription("Read variables from this file (KEY=value lines); they override the environment"),
-  Options.optional
+  Options.withDescription(
+    "Read variables from this file (KEY=value lines); they override the environment. Repeatable: a later file wins. " +
+      "Given a file, the command requires DATABASE_URL (no embedded database)"
+  ),
+  Options.repeated
 )
 
 export const json = Options.boolean("json").pipe(Options.withDescription("Print one JSON document"))
@@ -31,10 +34,29 @@ export const numberOption = (name: string, kind: { integer: boolean; min: number
     })
   )
 
-/** Settings as every command reads them: environment, env file, and the embedded database's defaults. */
-export const settingsFrom = (file: Option.Option<string>) =>
+/** `--batch-size N`: rows per committed batch of a long command (its default is the command's). */
+export const batchSize = numberOption("batch-size", { integer: true, min: 1, max: 100_000 }).pipe(
+  Options.withDescription("Rows per committed batch"),
+  Options.optional
+)
+
+/**
+ * Settings as every command reads them: environment, env files, and the embedded database's
+ * defaults (which refuse the embedded database when an env file is given or NODE_ENV=production).
+ */
+export const settingsFrom = (files: ReadonlyArray<string>) =>
   Effect.flatMap(CliEnvironment, (io) =>
-    loadFromEnvironment(file, io.env).pipe(Effect.flatMap((settings) => embeddedDefaults(settings, file, io.env))))
+    loadFromEnvironment(files, io.env).pipe(Effect.flatMap((settings) => embeddedDefaults(settings, files, io.env))))
+
+/** A word as a POSIX shell reads it back (quoted only when it must be). */
+const shellWord = (word: string) => (/^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`)
+
+/**
+ * A command line to suggest in a hint, with this run's env files, so it can be pasted as it is
+ * (on a systemd host every command needs `--env-file`).
+ */
+export const commandHint = (args: string, files: ReadonlyArray<string>) =>
+  ["webhook-worker", args, ...files.map((file) => `--env-file ${shellWord(file)}`)].join(" ")
 
 /** Runs `effect` with a database client: DATABASE_URL, or the embedded database (db/Connect.ts). */
 export const withDatabase = <A, E, R>(settings: AppSettings, effect: Effect.Effect<A, E, R>) =>

@@ -11,14 +11,14 @@ import * as Stack from "../worker/Stack.js"
 import { settingsFrom } from "./Common.js"
 
 /** `webhook-worker run`: the worker, its metrics server and telemetry, composed over live settings. */
-export const runWorker = (instanceNumber: number, file: Option.Option<string>) => {
+export const runWorker = (instanceNumber: number, files: ReadonlyArray<string>) => {
   // One threshold for the logger and for SIGHUP, so a changed LOG_LEVEL applies without a restart.
   const threshold = new Log.LogThreshold("INFO")
   return Effect.gen(function*() {
-    const settings = yield* settingsFrom(file)
+    const settings = yield* settingsFrom(files)
     yield* requireEncryptionKey(settings)
     const database = yield* databaseFor(settings, "worker")
-    const live = LiveSettings.layer(settings, settingsFrom(file), (next) => threshold.set(next.logLevel))
+    const live = LiveSettings.layer(settings, settingsFrom(files), (next) => threshold.set(next.logLevel))
     const metrics = Metrics.layer({ tenantLabels: settings.metricsTenantLabels, processMetrics: settings.metricsEnabled })
     const app = Stack.layer({
       settings: live,
@@ -39,7 +39,7 @@ export const runWorker = (instanceNumber: number, file: Option.Option<string>) =
     yield* database.banner
     return yield* Layer.launch(app)
   }).pipe((effect) =>
-    Effect.flatMap(settingsFrom(file).pipe(Effect.option), (settings) => {
+    Effect.flatMap(settingsFrom(files).pipe(Effect.option), (settings) => {
       const format = Option.match(settings, { onNone: () => "json" as const, onSome: (s) => s.logFormat })
       threshold.set(Option.match(settings, { onNone: () => "INFO" as const, onSome: (s) => s.logLevel }))
       return Effect.provide(effect, Log.layer(format, threshold, undefined, { instance: instanceNumber }))

@@ -239,9 +239,9 @@ export const defaults: AppSettings = Effect.runSync(
 )
 
 /**
- * The provider the CLI uses: the process environment, overlaid by the env file when one is
- * given (the file wins, so SIGHUP sees edits to a file systemd also loaded at start). Empty
- * values count as unset.
+ * The provider the CLI uses: the process environment, overlaid by the env files' variables when
+ * files are given (a file wins, so SIGHUP sees edits to a file systemd also loaded at start).
+ * Empty values count as unset.
  */
 export const providerFrom = (env: NodeJS.ProcessEnv, fileVars: ReadonlyMap<string, string>) => {
   const merged = new Map<string, string>()
@@ -255,15 +255,18 @@ export const providerFrom = (env: NodeJS.ProcessEnv, fileVars: ReadonlyMap<strin
   return ConfigProvider.fromMap(merged)
 }
 
-/** Loads settings from the environment and an optional env file. */
-export const loadFromEnvironment = (envFile: Option.Option<string>, env: NodeJS.ProcessEnv = process.env) =>
-  Effect.gen(function*() {
-    const fileVars = yield* Option.match(envFile, {
-      onNone: () => Effect.succeed(new Map<string, string>()),
-      onSome: (path) => readEnvFile(path)
-    })
-    return yield* load.pipe(Effect.withConfigProvider(providerFrom(env, fileVars)))
-  })
+/**
+ * The variables of the env files, read in order: a later file wins (webhook-worker-admin gives
+ * the service's file, then admin.env with the owner's DATABASE_URL). Empty values are kept, so
+ * `KEY=` in a later file unsets what an earlier one or the environment set.
+ */
+export const readEnvFiles = (envFiles: ReadonlyArray<string>) =>
+  Effect.reduce(envFiles, new Map<string, string>(), (merged, path) =>
+    Effect.map(readEnvFile(path), (vars) => new Map([...merged, ...vars])))
+
+/** Loads settings from the environment and the env files (`--env-file`, in order). */
+export const loadFromEnvironment = (envFiles: ReadonlyArray<string>, env: NodeJS.ProcessEnv = process.env) =>
+  Effect.flatMap(readEnvFiles(envFiles), (fileVars) => load.pipe(Effect.withConfigProvider(providerFrom(env, fileVars))))
 
 /** The current settings. Long-running parts read `Settings.current` each time, so SIGHUP can change them. */
 export class Settings extends Context.Tag("webhook-worker/Settings")<Settings, {

@@ -1,8 +1,7 @@
 import type { SqlClient, SqlError } from "@effect/sql"
 import type { PgClient } from "@effect/sql-pg"
 import { Effect, type Layer, Option, Redacted } from "effect"
-import type { AppSettings, ConfigInvalid } from "../config/AppConfig.js"
-import { readEnvFile } from "../config/EnvFile.js"
+import { type AppSettings, ConfigInvalid } from "../config/AppConfig.js"
 import * as Database from "./Database.js"
 import * as Embedded from "./EmbeddedDatabase.js"
 
@@ -21,7 +20,11 @@ export type DatabaseError = SqlError.SqlError | Embedded.EmbeddedLayerError
 
 export type Purpose = "worker" | "command"
 
-/** DATABASE_URL when set; otherwise the embedded database (EmbeddedDatabase.ts). */
+/**
+ * DATABASE_URL when set; otherwise the embedded database (EmbeddedDatabase.ts). The CLI's
+ * settings come through embeddedDefaults, which refuses the embedded database on a production
+ * host before this is reached.
+ */
 export const databaseFor = (
   settings: AppSettings,
   purpose: Purpose
@@ -77,44 +80,52 @@ export const embeddedBannerFields = (settings: AppSettings, paths: Embedded.Embe
 export const EMBEDDED_POLL_INTERVAL_MS = 250
 
 /**
- * Settings for a first run without DATABASE_URL, applied to what the environment and env file
- * say (unchanged when DATABASE_URL is set, so production stays explicit):
+ * Why the embedded database must not be used by this process, if it must not: an env file was
+ * given (systemd always gives one) or NODE_ENV=production (the unit sets it). A production host
+ * whose env file lost DATABASE_URL would otherwise run on an empty database of its own.
+ */
+export const embeddedRefusal = (envFiles: ReadonlyArray<string>, env: NodeJS.ProcessEnv): ConfigInvalid | undefined => {
+  const reasons = [
+    envFiles.length > 0 ? "an --env-file was given" : "",
+    env.NODE_ENV?.trim().toLowerCase() === "production" ? "NODE_ENV=production" : ""
+  ].filter((reason) => reason !== "")
+  return reasons.length === 0 ? undefined : new ConfigInvalid({
+    variable: "DATABASE_URL",
+    reason: `is required (${reasons.join(", ")}); the embedded database is for development only`
+  })
+}
+
+/**
+ * Settings for a first run without DATABASE_URL, applied to what the environment says
+ * (unchanged when DATABASE_URL is set, so production stays explicit):
  * - WEBHOOK_SECRET_ENCRYPTION_KEY unset: a key generated into the data folder, beside the
  *   secrets it encrypts;
  * - WORKER_POLL_INTERVAL unset: 0.25 s, since LISTEN/NOTIFY does not work in PGlite;
  * - WEBHOOK_ALLOW_PRIVATE_NETWORKS unset: true, so `webhook-worker receive` on 127.0.0.1 gets
  *   deliveries on a first run.
- * A variable set explicitly (environment or env file) always wins.
+ * A variable set explicitly always wins. Without DATABASE_URL where embeddedRefusal says no,
+ * this fails (exit 2) before anything is written to a data folder.
  */
 export const embeddedDefaults = (
   settings: AppSettings,
-  envFile: Option.Option<string>,
+  envFiles: ReadonlyArray<string>,
   env: NodeJS.ProcessEnv = process.env
-): Effect.Effect<AppSettings, ConfigInvalid> =>
-  Option.isSome(settings.databaseUrl)
-    ? Effect.succeed(settings)
-    : Effect.gen(function*() {
-      const isSet = yield* explicitlySet(envFile, env)
-      const paths = Embedded.embeddedPaths(env)
-      const encryptionKey = Option.isSome(settings.encryptionKey)
-        ? settings.encryptionKey
-        : Option.some(yield* Embedded.storedEncryptionKey(paths))
-      return {
-        ...settings,
-        encryptionKey,
-        pollIntervalMs: isSet("WORKER_POLL_INTERVAL") ? settings.pollIntervalMs : EMBEDDED_POLL_INTERVAL_MS,
-        allowPrivateNetworks: isSet("WEBHOOK_ALLOW_PRIVATE_NETWORKS") ? settings.allowPrivateNetworks : true
-      }
-    })
-
-/** Whether a variable has a value, the way AppConfig.providerFrom merges environment and env file. */
-const explicitlySet = (envFile: Option.Option<string>, env: NodeJS.ProcessEnv) =>
-  Effect.map(
-    Option.match(envFile, { onNone: () => Effect.succeed(new Map<string, string>()), onSome: (path) => readEnvFile(path) }),
-    (fileVars) => (name: string) => {
-      const fromFile = fileVars.get(name)
-      if (fromFile !== undefined) return fromFile !== ""
-      const fromEnv = env[name]
-      return fromEnv !== undefined && fromEnv !== ""
+): Effect.Effect<AppSettings, ConfigInvalid> => {
+  if (Option.isSome(settings.databaseUrl)) return Effect.succeed(settings)
+  const refusal = embeddedRefusal(envFiles, env)
+  if (refusal !== undefined) return Effect.fail(refusal)
+  // No env file here (refused above): what is set explicitly is in the environment.
+  const isSet = (name: string) => (env[name] ?? "") !== ""
+  return Effect.gen(function*() {
+    const paths = Embedded.embeddedPaths(env)
+    const encryptionKey = Option.isSome(settings.encryptionKey)
+      ? settings.encryptionKey
+      : Option.some(yield* Embedded.storedEncryptionKey(paths))
+    return {
+      ...settings,
+      encryptionKey,
+      pollIntervalMs: isSet("WORKER_POLL_INTERVAL") ? settings.pollIntervalMs : EMBEDDED_POLL_INTERVAL_MS,
+      allowPrivateNetworks: isSet("WEBHOOK_ALLOW_PRIVATE_NETWORKS") ? settings.allowPrivateNetworks : true
     }
-  )
+  })
+}

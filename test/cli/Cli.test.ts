@@ -2,6 +2,9 @@ import { it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { Effect, Layer, Redacted } from "effect"
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import Pg from "pg"
 import { describe, expect } from "vitest"
 import { runCli as runBinary, runCliInProcess as runCli } from "../utils/Cli.js"
@@ -102,7 +105,7 @@ describe("CLI", () => {
         [["dlq", "list", "--limit", "x"], env(db.url), /^webhook-worker: --limit: expected an integer of at least 1, got "x"/],
         [["dlq", "retry"], env(db.url), /^webhook-worker: id: give one or more ids, or --all$/],
         [["dlq", "retry", "nope"], env(db.url), /^webhook-worker: id: "nope" is not a delivery id/],
-        [["dlq", "retry", "--all", "--since", "yesterday"], env(db.url), /^webhook-worker: --since: "yesterday" is not an ISO-8601 time$/],
+        [["dlq", "retry", "--all", "--since", "yesterday"], env(db.url), /^webhook-worker: --since: "yesterday" is not an ISO-8601 time \(e\.g\. 2025-10-29T00:00:00Z or 2025-10-29\)$/],
         [["run", "--instance", "0"], env(db.url), /^webhook-worker: --instance: expected an integer of at least 1, got "0"/],
         [["frobnicate"], env(db.url), /^webhook-worker: Invalid subcommand/]
       ]
@@ -119,6 +122,62 @@ describe("CLI", () => {
       const [count] = yield* sql<{ n: string }>`SELECT count(*) AS n FROM webhook_delivery_queue`
       expect(count!.n).toBe("0")
     })), 90_000)
+
+  it.live("no DATABASE_URL with an env file or NODE_ENV=production: refused (exit 2, one line), the embedded database untouched", () =>
+    Effect.gen(function*() {
+      const dir = yield* Effect.acquireRelease(
+        Effect.sync(() => mkdtempSync(join(tmpdir(), "ww-cli-production-"))),
+        (path) => Effect.sync(() => rmSync(path, { recursive: true, force: true }))
+      )
+      // The service's env file with DATABASE_URL missing, or emptied.
+      const missing = join(dir, "missing.env")
+      writeFileSync(missing, `WEBHOOK_SECRET_ENCRYPTION_KEY=${TEST_KEY}\nLOG_LEVEL=INFO\n`)
+      const emptied = join(dir, "emptied.env")
+      writeFileSync(emptied, `DATABASE_URL=\nWEBHOOK_SECRET_ENCRYPTION_KEY=${TEST_KEY}\n`)
+      const because = (why: string) =>
+        `webhook-worker: DATABASE_URL: is required (${why}); the embedded database is for development only`
+      const cases: Array<[ReadonlyArray<string>, Record<string, string>, string]> = [
+        [["run", "--instance", "1", "--env-file", missing], {}, because("an --env-file was given")],
+        [["stats", "--env-file", emptied], {}, because("an --env-file was given")],
+        [["migrate", "--env-file", missing], {}, because("an --env-file was given")],
+        [["enqueue", "--url", "https://x.example", "--secret", "s", "--event-type", "e", "--payload", "1", "--env-file", missing], {}, because("an --env-file was given")],
+        [["run"], { NODE_ENV: "production", WEBHOOK_SECRET_ENCRYPTION_KEY: TEST_KEY }, because("NODE_ENV=production")],
+        [["dlq", "list"], { NODE_ENV: "production" }, because("NODE_ENV=production")],
+        [["stats", "--env-file", missing], { NODE_ENV: "production" }, because("an --env-file was given, NODE_ENV=production")]
+      ]
+      // Real processes, in a folder of their own: an embedded database would appear in ./.data.
+      const results = yield* Effect.forEach(cases, ([args, vars]) => runBinary(args, vars, { cwd: dir }), { concurrency: 2 })
+      for (const [index, result] of results.entries()) {
+        const [args, , line] = cases[index]!
+        expect(result.code, args.join(" ")).toBe(2)
+        expect(result.stderr.trimEnd(), args.join(" ")).toBe(line)
+        expect(result.stdout, args.join(" ")).toBe("")
+      }
+      expect(existsSync(join(dir, ".data"))).toBe(false)
+      // The same file with DATABASE_URL set is fine (test/ops/Deployment.test.ts runs the guide so);
+      // with no env file and no NODE_ENV=production the embedded database serves (test/embedded).
+    }).pipe(Effect.scoped), 60_000)
+
+  it.live("--env-file may be given more than once: a later file wins, an empty value unsets", () =>
+    withDb(Effect.scoped(Effect.gen(function*() {
+      const db = yield* TestDb
+      const dir = yield* Effect.acquireRelease(
+        Effect.sync(() => mkdtempSync(join(tmpdir(), "ww-cli-envfiles-"))),
+        (path) => Effect.sync(() => rmSync(path, { recursive: true, force: true }))
+      )
+      const service = join(dir, "webhook-worker.env")
+      writeFileSync(service, `DATABASE_URL=postgresql://nobody:wrong@127.0.0.1:1/none\nWEBHOOK_SECRET_ENCRYPTION_KEY=${TEST_KEY}\nWORKER_BATCH_SIZE=0\n`)
+      const admin = join(dir, "admin.env")
+      writeFileSync(admin, `DATABASE_URL=${db.url}\nWORKER_BATCH_SIZE=\n`)
+      const both = yield* runCli(["stats", "--json", "--env-file", service, "--env-file", admin])
+      expect(both.stderr).toBe("")
+      expect(both.code).toBe(0)
+      expect(JSON.parse(both.stdout)).toEqual([])
+      // Alone, the first file's bad value is reported, naming the variable.
+      const alone = yield* runCli(["stats", "--env-file", service])
+      expect(alone.code).toBe(2)
+      expect(oneLine(alone.stderr)).toBe(`webhook-worker: WORKER_BATCH_SIZE: expected an integer from 1 to 10000, got "0"`)
+    }))), 60_000)
 
   it.live("stats, dlq list and dlq retry on a real queue", () =>
     withDb(Effect.gen(function*() {

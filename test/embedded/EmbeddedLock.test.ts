@@ -116,7 +116,7 @@ describe("embedded-mode settings", () => {
       const paths = yield* folder
       process.env[DATA_DIR_VARIABLE] = paths.root
       const settings = { ...defaults, databaseUrl: Option.some(Redacted.make("postgres://x@127.0.0.1/db")) }
-      expect(yield* embeddedDefaults(settings, Option.none())).toBe(settings)
+      expect(yield* embeddedDefaults(settings, [])).toBe(settings)
       expect(existsSync(paths.key)).toBe(false)
     }).pipe(Effect.scoped))
 
@@ -124,29 +124,46 @@ describe("embedded-mode settings", () => {
     Effect.gen(function*() {
       const paths = yield* folder
       process.env[DATA_DIR_VARIABLE] = paths.root
-      const first = yield* embeddedDefaults(defaults, Option.none())
+      const first = yield* embeddedDefaults(defaults, [])
       const key = Redacted.value(Option.getOrThrow(first.encryptionKey))
       expect(decodeEncryptionKey(key)._tag).toBe("Right")
       expect(readFileSync(paths.key, "utf8").trim()).toBe(key)
       expect(statSync(paths.key).mode & 0o777).toBe(0o600)
       expect(first.pollIntervalMs).toBe(EMBEDDED_POLL_INTERVAL_MS)
       expect(first.allowPrivateNetworks).toBe(true)
-      const again = yield* embeddedDefaults(defaults, Option.none())
+      const again = yield* embeddedDefaults(defaults, [])
       expect(Redacted.value(Option.getOrThrow(again.encryptionKey))).toBe(key)
     }).pipe(Effect.scoped))
 
   it.live("variables set explicitly win over embedded defaults", () =>
     Effect.gen(function*() {
       const paths = yield* folder
-      process.env[DATA_DIR_VARIABLE] = paths.root
-      const envFile = join(paths.root, "worker.env")
-      yield* Effect.promise(() => mkdir(paths.root, { recursive: true }))
-      writeFileSync(envFile, "WORKER_POLL_INTERVAL=5\nWEBHOOK_ALLOW_PRIVATE_NETWORKS=false\n")
       const own = Redacted.make("q8vTx0H1m7B4cN9yL2kZp5rW3sD6fG8hJ0aE1uI4oY8=")
-      const settings = yield* embeddedDefaults({ ...defaults, encryptionKey: Option.some(own) }, Option.some(envFile))
+      const env = { [DATA_DIR_VARIABLE]: paths.root, WORKER_POLL_INTERVAL: "5", WEBHOOK_ALLOW_PRIVATE_NETWORKS: "false" }
+      const settings = yield* embeddedDefaults({ ...defaults, pollIntervalMs: 5000, encryptionKey: Option.some(own) }, [], env)
       expect(settings.pollIntervalMs).toBe(5000)
       expect(settings.allowPrivateNetworks).toBe(false)
       expect(settings.encryptionKey).toEqual(Option.some(own))
       expect(existsSync(paths.key)).toBe(false)
+    }).pipe(Effect.scoped))
+
+  it.live("refused without DATABASE_URL when an env file is given or NODE_ENV=production, before writing anything", () =>
+    Effect.gen(function*() {
+      const paths = yield* folder
+      const envFile = join(paths.root, "..", "worker.env")
+      const cases: ReadonlyArray<[ReadonlyArray<string>, Record<string, string>, string]> = [
+        [[envFile], {}, "(an --env-file was given)"],
+        [[], { NODE_ENV: "production" }, "(NODE_ENV=production)"],
+        [[envFile], { NODE_ENV: "Production" }, "(an --env-file was given, NODE_ENV=production)"]
+      ]
+      for (const [files, extra, why] of cases) {
+        const error = yield* Effect.flip(embeddedDefaults(defaults, files, { [DATA_DIR_VARIABLE]: paths.root, ...extra }))
+        expect(error._tag).toBe("ConfigInvalid")
+        expect(error.message).toBe(`DATABASE_URL: is required ${why}; the embedded database is for development only`)
+      }
+      expect(existsSync(paths.root)).toBe(false)
+      // Development (no env file, NODE_ENV anything else) still gets the embedded database.
+      const development = yield* embeddedDefaults(defaults, [], { [DATA_DIR_VARIABLE]: paths.root, NODE_ENV: "development" })
+      expect(development.pollIntervalMs).toBe(EMBEDDED_POLL_INTERVAL_MS)
     }).pipe(Effect.scoped))
 })

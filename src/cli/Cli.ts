@@ -5,9 +5,9 @@ import { migrate, readMigrations } from "../db/Migrator.js"
 import { version } from "../PackageInfo.js"
 import { type Destination, insertRows, toRow } from "../queue/Enqueue.js"
 import { listDeadLetters, queueStats, retryAllDeadLetters, retryDeadLetters } from "../queue/Operations.js"
-import { envFile, json, keyringFrom, numberOption, settingsFrom, withDatabase } from "./Common.js"
+import { batchSize, envFile, json, keyringFrom, numberOption, settingsFrom, withDatabase } from "./Common.js"
 import { CliEnvironment, say } from "./CliEnvironment.js"
-import { CommandFailed, formatTable, printJson, printTable, UsageError } from "./Output.js"
+import { CommandFailed, formatTable, makeProgress, printJson, printTable, UsageError } from "./Output.js"
 import { dlqArchiveCommand, opsCommands } from "./OpsCommands.js"
 import { receiveCommand } from "./ReceiveCommand.js"
 
@@ -121,6 +121,22 @@ const statsCommand = Command.make("stats", { json, envFile }, ({ envFile, json }
 
 // == dlq
 
+// A date, or a date and time with optional seconds, fraction and offset: ISO-8601's forms.
+// `new Date` alone also reads "1" (as 2001) and RFC 2822 dates, and rolls Feb 30 into March.
+const ISO_TIME = /^(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])(T([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,9})?)?(Z|[+-]([01]\d|2[0-3]):?[0-5]\d)?)?$/i
+
+/** An ISO-8601 time as a Date; undefined for anything else. */
+export const parseIsoTime = (raw: string): Date | undefined => {
+  const text = raw.trim()
+  const match = ISO_TIME.exec(text)
+  if (match === null) return undefined
+  const [year, month, day] = [Number(match[1]), Number(match[2]), Number(match[3])]
+  if (day > new Date(Date.UTC(year, month, 0)).getUTCDate()) return undefined
+  // Offsets written without a colon (+0200) are ISO-8601 too; Date wants +02:00.
+  const date = new Date(text.replace(/([+-]\d{2})(\d{2})$/, "$1:$2"))
+  return Number.isNaN(date.getTime()) ? undefined : date
+}
+
 const dlqList = Command.make("list", {
   json,
   limit: numberOption("limit", { integer: true, min: 1 }).pipe(Options.withDefault(50), Options.withDescription("Rows to show (newest first)")),
@@ -141,8 +157,13 @@ const dlqRetry = Command.make("retry", {
   ids: Args.text({ name: "id" }).pipe(Args.repeated),
   all: Options.boolean("all").pipe(Options.withDescription("Every dead letter matching the filters")),
   eventType: Options.text("event-type").pipe(Options.optional),
-  since: Options.text("since").pipe(Options.withDescription("Only those dead-lettered at or after this ISO time"), Options.optional),
+  since: Options.text("since").pipe(
+    Options.withPseudoName("ISO"),
+    Options.withDescription("Only those dead-lettered at or after this ISO-8601 time, e.g. 2025-10-29T00:00:00Z or 2025-10-29"),
+    Options.optional
+  ),
   endpoint: Options.text("endpoint").pipe(Options.optional),
+  batchSize: batchSize.pipe(Options.withDescription("With --all: rows per committed batch (default 1000)")),
   envFile
 }, (args) =>
   Effect.gen(function*() {
@@ -150,12 +171,16 @@ const dlqRetry = Command.make("retry", {
     if (args.all && args.ids.length > 0) return yield* new UsageError({ flag: "--all", reason: "cannot be combined with ids" })
     if (!args.all && args.ids.length === 0) return yield* new UsageError({ flag: "id", reason: "give one or more ids, or --all" })
     if (!args.all && filtered) return yield* new UsageError({ flag: "--event-type/--since/--endpoint", reason: "only apply with --all" })
+    if (!args.all && Option.isSome(args.batchSize)) return yield* new UsageError({ flag: "--batch-size", reason: "only applies with --all" })
     const bad = args.ids.find((id) => !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id))
     if (bad !== undefined) return yield* new UsageError({ flag: "id", reason: `"${bad}" is not a delivery id (a UUID)` })
     const since = Option.getOrUndefined(args.since)
-    const sinceDate = since === undefined ? undefined : new Date(since)
-    if (sinceDate !== undefined && Number.isNaN(sinceDate.getTime())) {
-      return yield* new UsageError({ flag: "--since", reason: `"${since}" is not an ISO-8601 time` })
+    const sinceDate = since === undefined ? undefined : parseIsoTime(since)
+    if (since !== undefined && sinceDate === undefined) {
+      return yield* new UsageError({
+        flag: "--since",
+        reason: `"${since.slice(0, 60)}" is not an ISO-8601 time (e.g. 2025-10-29T00:00:00Z or 2025-10-29)`
+      })
     }
     const endpoint = Option.getOrUndefined(args.endpoint)
     if (endpoint !== undefined && !/^[0-9a-f-]{36}$/i.test(endpoint)) {
@@ -163,12 +188,17 @@ const dlqRetry = Command.make("retry", {
     }
     const settings = yield* settingsFrom(args.envFile)
     if (args.all) {
-      const total = yield* withDatabase(settings, retryAllDeadLetters(
+      const progress = makeProgress("dlq retry", yield* CliEnvironment)
+      let expected = 0
+      const result = yield* withDatabase(settings, retryAllDeadLetters(
         { eventType: Option.getOrUndefined(args.eventType), since: sinceDate, endpointId: endpoint },
-        (done) => Effect.flatMap(CliEnvironment, (io) => Effect.sync(() => io.stderrIsTTY && io.stderr(`\rrequeued ${done}`)))
-      ))
-      yield* Effect.flatMap(CliEnvironment, (io) => Effect.sync(() => io.stderrIsTTY && io.stderr("\n")))
-      return yield* say(`Requeued ${total} dead letter${total === 1 ? "" : "s"}.`)
+        {
+          onStart: (n) => Effect.sync(() => (expected = n)),
+          onProgress: (done) => progress.update(done, Math.max(expected, done))
+        },
+        Option.getOrUndefined(args.batchSize)
+      )).pipe(Effect.ensuring(progress.finish))
+      return yield* say(`Requeued ${result.requeued} dead letter${result.requeued === 1 ? "" : "s"}.`)
     }
     const requeued = yield* withDatabase(settings, retryDeadLetters(args.ids))
     const missing = args.ids.filter((id) => !requeued.includes(id.toLowerCase()))

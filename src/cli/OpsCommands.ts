@@ -2,22 +2,17 @@ import { Args, Command, Options } from "@effect/cli"
 import { Effect, Either, Option } from "effect"
 import type { Keyring } from "../crypto/Keyring.js"
 import { type RotationReport, rotateKey } from "../crypto/Rotation.js"
-import { validateSecret, validateUrl } from "../queue/Enqueue.js"
+import { validateUrl } from "../queue/Enqueue.js"
 import * as Endpoints from "../queue/Endpoints.js"
 import { archiveDeadLetters, cleanupDelivered } from "../queue/Operations.js"
-import { envFile, json, keyringFrom, numberOption, settingsFrom, withDatabase } from "./Common.js"
-import { CliEnvironment, type CliIO, note, say } from "./CliEnvironment.js"
-import { CommandFailed, printJson, printTable, UsageError } from "./Output.js"
+import { batchSize, commandHint, envFile, json, keyringFrom, numberOption, settingsFrom, withDatabase } from "./Common.js"
+import { CliEnvironment, note, say } from "./CliEnvironment.js"
+import { CommandFailed, makeProgress, printJson, printTable, UsageError } from "./Output.js"
 
 /**
  * Operations commands: endpoints, dead-letter archive, cleanup, key rotation. Bad input exits 2
  * with one line naming the flag or variable, as everywhere in the CLI.
  */
-
-const batchSize = numberOption("batch-size", { integer: true, min: 1, max: 100_000 }).pipe(
-  Options.withDescription("Rows per committed batch"),
-  Options.optional
-)
 
 const olderThan = numberOption("older-than", { integer: true, min: 0, max: 36_500 }).pipe(
   Options.withPseudoName("DAYS"),
@@ -42,44 +37,6 @@ const checkId = (id: string) => Either.mapLeft(Endpoints.validateEndpointId(id),
 
 const plural = (n: number, one: string, many = `${one}s`) => `${n} ${n === 1 ? one : many}`
 
-// == progress
-
-/** One line of a progress bar, e.g. `rotate-key [#######-------] 120/480 25%`. */
-export const renderProgress = (label: string, done: number, total: number, width = 30): string => {
-  const ratio = total <= 0 ? 1 : Math.min(1, done / total)
-  const filled = Math.round(ratio * width)
-  return `${label} [${"#".repeat(filled)}${"-".repeat(width - filled)}] ${done}/${total} ${Math.floor(ratio * 100)}%`
-}
-
-/**
- * A progress bar redrawn in place on stderr when stderr is a terminal (at most 10 times a second);
- * nothing at all otherwise, so logs and pipes get only the command's one summary line.
- */
-export const makeProgress = (label: string, io: CliIO) => {
-  const interactive = io.stderrIsTTY
-  let lastDrawn = 0
-  let state = { done: 0, total: 0 }
-  const draw = () => io.stderr(`\r${renderProgress(label, state.done, state.total)}\u001b[K`)
-  return {
-    interactive,
-    update: (done: number, total: number) =>
-      Effect.sync(() => {
-        state = { done, total }
-        if (!interactive) return
-        const now = Date.now()
-        if (now - lastDrawn < 100) return
-        lastDrawn = now
-        draw()
-      }),
-    /** Draws the final state and ends the line (also after a failure, so the prompt is clean). */
-    finish: Effect.sync(() => {
-      if (!interactive || lastDrawn === 0) return
-      draw()
-      io.stderr("\n")
-    })
-  }
-}
-
 // == endpoints
 
 const endpointsAdd = Command.make("add", {
@@ -92,7 +49,7 @@ const endpointsAdd = Command.make("add", {
   ),
   secret: Options.text("secret").pipe(
     Options.withPseudoName("whsec_…"),
-    Options.withDescription("Signing secret (default: a new whsec_ secret of 32 random bytes)"),
+    Options.withDescription("Signing secret: whsec_ and the base64 of 24 to 64 bytes (default: a new one of 32 random bytes)"),
     Options.optional
   ),
   json,
@@ -101,9 +58,7 @@ const endpointsAdd = Command.make("add", {
   Effect.gen(function*() {
     // Input first: bad input is exit 2 whatever the configuration.
     yield* Either.mapLeft(validateUrl(args.url), (e) => new UsageError({ flag: "--url", reason: e.reason }))
-    if (Option.isSome(args.secret)) {
-      yield* Either.mapLeft(validateSecret(args.secret.value), (e) => new UsageError({ flag: "--secret", reason: e.reason }))
-    }
+    if (Option.isSome(args.secret)) yield* Either.mapLeft(Endpoints.validateEndpointSecret(args.secret.value), usage)
     const eventTypes = Option.isSome(args.eventTypes)
       ? yield* Either.mapLeft(Endpoints.parseEventTypes(args.eventTypes.value), usage)
       : undefined
@@ -155,7 +110,8 @@ const endpointsDisable = Command.make("disable", {
     if (result.queued > 0) {
       yield* say(
         `${plural(result.queued, "queued delivery", "queued deliveries")} will be dead-lettered as they fall due; ` +
-          `after \`webhook-worker endpoints enable ${id}\`, \`webhook-worker dlq retry --all --endpoint ${id}\` requeues them.`
+          `after \`${commandHint(`endpoints enable ${id}`, args.envFile)}\`, ` +
+          `\`${commandHint(`dlq retry --all --endpoint ${id}`, args.envFile)}\` requeues them.`
       )
     }
   })).pipe(Command.withDescription("Stop deliveries to an endpoint (its queued deliveries are dead-lettered as they fall due)"))
@@ -168,7 +124,7 @@ const endpointsEnable = Command.make("enable", { id: endpointId, envFile }, (arg
     yield* say(result.changed ? `Enabled endpoint ${id}.` : `Endpoint ${id} was already enabled.`)
     if (result.deadLetters > 0) {
       yield* say(
-        `It has ${plural(result.deadLetters, "dead letter")}: \`webhook-worker dlq retry --all --endpoint ${id}\` requeues them.`
+        `It has ${plural(result.deadLetters, "dead letter")}: \`${commandHint(`dlq retry --all --endpoint ${id}`, args.envFile)}\` requeues them.`
       )
     }
   })).pipe(Command.withDescription("Resume deliveries to an endpoint (also after a 410 disabled it)"))
@@ -182,7 +138,7 @@ const endpointsRotateSecret = Command.make("rotate-secret", {
   ),
   secret: Options.text("secret").pipe(
     Options.withPseudoName("whsec_…"),
-    Options.withDescription("The new secret (default: a new whsec_ secret of 32 random bytes)"),
+    Options.withDescription("The new secret: whsec_ and the base64 of 24 to 64 bytes (default: a new one of 32 random bytes)"),
     Options.optional
   ),
   json,
@@ -190,9 +146,7 @@ const endpointsRotateSecret = Command.make("rotate-secret", {
 }, (args) =>
   Effect.gen(function*() {
     const id = yield* checkId(args.id)
-    if (Option.isSome(args.secret)) {
-      yield* Either.mapLeft(validateSecret(args.secret.value), (e) => new UsageError({ flag: "--secret", reason: e.reason }))
-    }
+    if (Option.isSome(args.secret)) yield* Either.mapLeft(Endpoints.validateEndpointSecret(args.secret.value), usage)
     const settings = yield* settingsFrom(args.envFile)
     const keyring = yield* keyringFrom(settings)
     const rotated = yield* withDatabase(
@@ -244,13 +198,23 @@ export const dlqArchiveCommand = Command.make("archive", { olderThan, batchSize,
 
 // == cleanup
 
-const cleanupCommand = Command.make("cleanup", { olderThan, json, envFile }, (args) =>
+const cleanupCommand = Command.make("cleanup", { olderThan, batchSize, json, envFile }, (args) =>
   Effect.gen(function*() {
     const settings = yield* settingsFrom(args.envFile)
-    const removed = yield* withDatabase(settings, cleanupDelivered(args.olderThan))
-    if (args.json) return yield* printJson({ removed })
-    yield* say(`Removed ${plural(removed, "delivered webhook")} older than ${plural(args.olderThan, "day")}.`)
-  })).pipe(Command.withDescription("Delete delivered webhooks (and their log rows) older than --older-than days: cleanup_delivered_webhooks(DAYS)"))
+    const progress = makeProgress("cleanup", yield* CliEnvironment)
+    let total = 0
+    const result = yield* withDatabase(
+      settings,
+      cleanupDelivered(args.olderThan, {
+        onStart: (n) => Effect.sync(() => (total = n)),
+        onProgress: (done) => progress.update(done, Math.max(total, done))
+      }, Option.getOrUndefined(args.batchSize))
+    ).pipe(Effect.ensuring(progress.finish))
+    if (args.json) return yield* printJson({ removed: result.removed, cutoff: result.cutoff })
+    yield* say(`Removed ${plural(result.removed, "delivered webhook")} older than ${plural(args.olderThan, "day")}.`)
+  })).pipe(Command.withDescription(
+    "Delete delivered webhooks (and their log rows) older than --older-than days, in committed batches: the rows cleanup_delivered_webhooks(DAYS) removes"
+  ))
 
 // == rotate-key
 

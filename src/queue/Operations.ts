@@ -67,36 +67,56 @@ export interface DeadLetterFilter {
   readonly endpointId?: string | undefined
 }
 
+/** Progress of a batched operation: how many rows it expects, then how many it has done. */
+export interface BatchProgress<E> {
+  readonly onStart?: (total: number) => Effect.Effect<void, E>
+  readonly onProgress?: (done: number) => Effect.Effect<void, E>
+}
+
+const RETRY_FILTER = `status = 'dead_letter'
+  AND "updatedAt" <= $1
+  AND ($2::text IS NULL OR event_type = $2)
+  AND ($3::timestamptz IS NULL OR "updatedAt" >= $3)
+  AND ($4::uuid IS NULL OR partner_webhook_id = $4)`
+
 /**
  * Requeues every dead letter matching the filter, in committed batches: safe beside running
- * workers, and a crash midway loses nothing (run it again to continue).
+ * workers, and a crash midway loses nothing (run it again to continue). Only rows dead-lettered
+ * at or before the run's start are taken: a requeued row that dies again meanwhile (its
+ * "updatedAt" is then later) is not requeued a second time by the same run, so it ends.
  */
-export const retryAllDeadLetters = (
+export const retryAllDeadLetters = <E = never>(
   filter: DeadLetterFilter,
-  onProgress: (done: number) => Effect.Effect<void> = () => Effect.void,
+  progress: BatchProgress<E> = {},
   batchSize = 1000
 ) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
-    let total = 0
+    // The database's clock, the one "updatedAt" is written with.
+    const [start] = yield* sql<{ cutoff: Date }>`SELECT now() AS cutoff`
+    const cutoff = start!.cutoff
+    const params = [cutoff, filter.eventType ?? null, filter.since ?? null, filter.endpointId ?? null]
+    if (progress.onStart) {
+      const [expected] = yield* sql.unsafe<{ n: number }>(`SELECT count(*)::int AS n FROM webhook_delivery_queue WHERE ${RETRY_FILTER}`, params)
+      yield* progress.onStart(expected?.n ?? 0)
+    }
+    let requeued = 0
     while (true) {
       const rows = yield* sql.unsafe<{ id: string }>(
         `UPDATE webhook_delivery_queue SET ${REQUEUE_SET}
          WHERE id IN (
            SELECT id FROM webhook_delivery_queue
-           WHERE status = 'dead_letter'
-             AND ($1::text IS NULL OR event_type = $1)
-             AND ($2::timestamptz IS NULL OR "updatedAt" >= $2)
-             AND ($3::uuid IS NULL OR partner_webhook_id = $3)
+           WHERE ${RETRY_FILTER}
            ORDER BY "updatedAt"
-           LIMIT $4
+           LIMIT $5
            FOR UPDATE SKIP LOCKED)
          RETURNING id::text AS id`,
-        [filter.eventType ?? null, filter.since ?? null, filter.endpointId ?? null, batchSize]
+        [...params, batchSize]
       )
-      total += rows.length
-      yield* onProgress(total)
-      if (rows.length < batchSize) return total
+      requeued += rows.length
+      if (progress.onProgress) yield* progress.onProgress(requeued)
+      // Stop on an empty batch, not a short one: rows skipped while locked may still be there.
+      if (rows.length === 0) return { requeued, cutoff }
     }
   })
 
@@ -137,10 +157,7 @@ SELECT count(*)::int AS moved FROM moved`
  */
 export const archiveDeadLetters = <E = never>(
   olderThanDays: number,
-  progress: {
-    readonly onStart?: (total: number) => Effect.Effect<void, E>
-    readonly onProgress?: (done: number) => Effect.Effect<void, E>
-  } = {},
+  progress: BatchProgress<E> = {},
   batchSize = 1000
 ) =>
   Effect.gen(function*() {
@@ -163,9 +180,50 @@ export const archiveDeadLetters = <E = never>(
     }
   })
 
-/** The deployment guide's `cleanup_delivered_webhooks(days)`: removes delivered rows (and their log). */
-export const cleanupDelivered = (olderThanDays: number) =>
-  Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    sql<{ removed: number }>`SELECT cleanup_delivered_webhooks(${olderThanDays}) AS removed`.pipe(
-      Effect.map((rows) => rows[0]?.removed ?? 0)
-    ))
+// One statement per batch, so each batch is its own short transaction: the same rows as the
+// deployment guide's cleanup_delivered_webhooks(days) (delivered before the cutoff, with their
+// log rows), but a large backlog does not become one long DELETE holding locks and WAL.
+const CLEANUP_SQL = `
+WITH batch AS (
+  SELECT id FROM webhook_delivery_queue
+  WHERE status = 'delivered' AND delivered_at < $1
+  ORDER BY delivered_at
+  LIMIT $2
+  FOR UPDATE SKIP LOCKED
+), gone AS (
+  DELETE FROM webhook_delivery_queue q USING batch
+  WHERE q.id = batch.id AND q.status = 'delivered'
+  RETURNING q.id
+), logs AS (
+  DELETE FROM webhook_delivery_log l USING gone WHERE l.delivery_id = gone.id
+)
+SELECT count(*)::int AS removed FROM gone`
+
+/**
+ * Deletes delivered rows delivered more than `olderThanDays` ago, and their webhook_delivery_log
+ * rows, in committed batches (`cleanup`). The cutoff is fixed when the run starts; a crash
+ * between batches loses nothing a re-run would not remove anyway.
+ */
+export const cleanupDelivered = <E = never>(
+  olderThanDays: number,
+  progress: BatchProgress<E> = {},
+  batchSize = 1000
+) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const [start] = yield* sql<{ cutoff: Date; total: number }>`
+      WITH c AS (SELECT now() - make_interval(days => ${olderThanDays}) AS cutoff)
+      SELECT c.cutoff, (SELECT count(*)::int FROM webhook_delivery_queue
+                        WHERE status = 'delivered' AND delivered_at < c.cutoff) AS total
+      FROM c`
+    const cutoff = start!.cutoff
+    if (progress.onStart) yield* progress.onStart(start!.total)
+    let removed = 0
+    while (true) {
+      const [batch] = yield* sql.unsafe<{ removed: number }>(CLEANUP_SQL, [cutoff, batchSize])
+      const count = batch?.removed ?? 0
+      removed += count
+      if (progress.onProgress) yield* progress.onProgress(removed)
+      if (count === 0) return { removed, cutoff }
+    }
+  })

@@ -2,6 +2,9 @@ import { it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
 import { Effect } from "effect"
 import { Webhook } from "standardwebhooks"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { describe, expect } from "vitest"
 import { makeReceiver, type ReceivedRequest } from "../utils/Receiver.js"
 import { eventually, startWorker, statusIs } from "../utils/WorkerHarness.js"
@@ -39,10 +42,12 @@ describe("endpoints", () => {
         expect(row!.event_types).toEqual(["order.created", "order.paid"])
         expect(row).toMatchObject({ userId: "u-1", enabled: true })
 
-        // A given secret is kept as given; without --event-types the endpoint takes every type.
-        const given = yield* runCli(["endpoints", "add", "--url", "http://other.example/in", "--secret", "whsec_c2VjcmV0LWJ5dGVz", "--json"], env)
+        // A given secret (24 bytes, the Standard Webhooks minimum) is kept as given; without
+        // --event-types the endpoint takes every type.
+        const chosen = "whsec_YS1wYXJ0bmVyLWNob3Nlbi1zZWNyZXQh"
+        const given = yield* runCli(["endpoints", "add", "--url", "http://other.example/in", "--secret", chosen, "--json"], env)
         const json = JSON.parse(expectOk(given))
-        expect(json).toMatchObject({ url: "http://other.example/in", secret: "whsec_c2VjcmV0LWJ5dGVz", event_types: null, enabled: true })
+        expect(json).toMatchObject({ url: "http://other.example/in", secret: chosen, event_types: null, enabled: true })
 
         const table = expectOk(yield* runCli(["endpoints", "list"], env))
         expect(table).toContain(id)
@@ -64,11 +69,18 @@ describe("endpoints", () => {
           [["endpoints", "add", "--url", "ftp://partner.example/x"], "--url"],
           [["endpoints", "add", "--url", "https://p.example", "--event-types", "a,,b"], "--event-types"],
           [["endpoints", "add", "--url", "https://p.example", "--secret", "whsec_***"], "--secret"],
+          // Standard Webhooks: whsec_ and the base64 of 24 to 64 bytes.
+          [["endpoints", "add", "--url", "https://p.example", "--secret", "whsec_c2VjcmV0LWJ5dGVz"], "--secret"],
+          [["endpoints", "add", "--url", "https://p.example", "--secret", `whsec_${Buffer.alloc(23, 5).toString("base64")}`], "--secret"],
+          [["endpoints", "add", "--url", "https://p.example", "--secret", `whsec_${Buffer.alloc(65, 6).toString("base64")}`], "--secret"],
+          [["endpoints", "add", "--url", "https://p.example", "--secret", "a-long-plain-text-secret-without-the-prefix"], "--secret"],
+          [["endpoints", "add", "--url", "https://p.example", "--secret", "whsec_YS1wYXJ0bmVyLWNob3Nlbi1zZWNyZXQh="], "--secret"],
           [["endpoints", "add", "--url", "https://p.example", "--user-id", ""], "--user-id"],
           [["endpoints", "disable", "not-a-uuid"], "ID"],
           [["endpoints", "rotate-secret", "x"], "ID"],
           [["endpoints", "rotate-secret", "00000000-0000-4000-8000-000000000000", "--grace", "-1"], "--grace"],
-          [["endpoints", "rotate-secret", "00000000-0000-4000-8000-000000000000", "--secret", "whsec_"], "--secret"]
+          [["endpoints", "rotate-secret", "00000000-0000-4000-8000-000000000000", "--secret", "whsec_"], "--secret"],
+          [["endpoints", "rotate-secret", "00000000-0000-4000-8000-000000000000", "--secret", "whsec_bmV3LXNlY3JldA=="], "--secret"]
         ]
         const results = yield* Effect.forEach(cases, ([args]) => runCli(args, env), { concurrency: 3 })
         for (const [index, result] of results.entries()) expectUsageError(result, cases[index]![1])
@@ -138,9 +150,14 @@ describe("endpoints", () => {
         yield* eventually(statusIs(elsewhere, "delivered"), "other endpoint delivered")
         expect(receiver.requests.map((r) => r.path)).toEqual(["/other"])
 
-        const enabled = expectOk(yield* runCli(["endpoints", "enable", id!], env))
+        // Run with an env file (as on a systemd host), the hint is a command to paste as it is.
+        const dir = mkdtempSync(join(tmpdir(), "ww-endpoints-"))
+        yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
+        const envFile = join(dir, "webhook-worker.env")
+        writeFileSync(envFile, `DATABASE_URL=${db.url}\nWEBHOOK_SECRET_ENCRYPTION_KEY=${env.WEBHOOK_SECRET_ENCRYPTION_KEY}\n`)
+        const enabled = expectOk(yield* runCli(["endpoints", "enable", id!, "--env-file", envFile], {}))
         expect(enabled).toContain(`Enabled endpoint ${id}.`)
-        expect(enabled).toContain(`dlq retry --all --endpoint ${id}`)
+        expect(enabled).toContain(`\`webhook-worker dlq retry --all --endpoint ${id} --env-file ${envFile}\` requeues them.`)
         expect(expectOk(yield* runCli(["dlq", "retry", "--all", "--endpoint", id!], env))).toContain("Requeued 1 dead letter.")
         yield* eventually(statusIs(queued, "delivered"), "delivered after enable")
         yield* stop
@@ -163,8 +180,8 @@ describe("endpoints", () => {
         expect(next.secret).toMatch(/^whsec_/)
         expect(next.secret).not.toBe(graced.secret)
         expect(rotated.stderr).toMatch(/Until \d{4}-\d\d-\d\dT[\d:.]+Z every request carries two signatures/)
-        const abruptNext = fields(expectOk(yield* runCli(["endpoints", "rotate-secret", abrupt.id!, "--grace", "0", "--secret", "whsec_bmV3LXNlY3JldA=="], env)))
-        expect(abruptNext.secret).toBe("whsec_bmV3LXNlY3JldA==")
+        const abruptNext = fields(expectOk(yield* runCli(["endpoints", "rotate-secret", abrupt.id!, "--grace", "0", "--secret", "whsec_YS1uZXctc2VjcmV0LWZvci10aGUtcGFydG5lci0zMmI="], env)))
+        expect(abruptNext.secret).toBe("whsec_YS1uZXctc2VjcmV0LWZvci10aGUtcGFydG5lci0zMmI=")
 
         const listed = JSON.parse(expectOk(yield* runCli(["endpoints", "list", "--json"], env))) as Array<{ id: string; previous_secret_until: string | null }>
         const until = new Date(listed.find((e) => e.id === graced.id)!.previous_secret_until!).getTime()

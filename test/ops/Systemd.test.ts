@@ -25,6 +25,25 @@ const directives = (text: string) => {
 const systemdAnalyze = spawnSync("systemd-analyze", ["--version"], { encoding: "utf8" })
 const haveSystemdAnalyze = systemdAnalyze.status === 0
 const systemdVersion = haveSystemdAnalyze ? Number(/systemd (\d+)/.exec(systemdAnalyze.stdout)?.[1] ?? 0) : 0
+// In CI (and when asked) a missing systemd-analyze fails the checks instead of skipping them,
+// so a CI image without it cannot pass with the units unverified.
+const requireSystemd = process.env.CI === "true" || process.env.WEBHOOK_WORKER_REQUIRE_SYSTEMD === "1"
+
+/**
+ * A test that needs systemd-analyze (and, with `forVersion`, a systemd of certain versions):
+ * skipped where it is missing, unless required, then it fails saying so.
+ */
+const withSystemd = (name: string, run: () => void, forVersion: (version: number) => boolean = () => true) => {
+  if (haveSystemdAnalyze) return it.skipIf(!forVersion(systemdVersion))(name, run)
+  if (!requireSystemd) return it.skip(name, run)
+  return it(name, () => {
+    throw new Error(
+      `systemd-analyze is required here (CI=true or WEBHOOK_WORKER_REQUIRE_SYSTEMD=1) but did not run: ${
+        systemdAnalyze.error?.message ?? systemdAnalyze.stderr
+      }`
+    )
+  })
+}
 
 const scratch = () => mkdtempSync(join(tmpdir(), "ww-systemd-"))
 
@@ -53,7 +72,7 @@ const verify = (edit: (unit: string) => string = (unit) => unit) => {
 }
 
 describe("systemd units", () => {
-  it.skipIf(!haveSystemdAnalyze)("systemd-analyze verify passes on both units, without a warning", () => {
+  withSystemd("systemd-analyze verify passes on both units, without a warning", () => {
     const result = verify()
     expect(result.output).toBe("")
     expect(result.code).toBe(0)
@@ -62,18 +81,19 @@ describe("systemd units", () => {
     expect(broken.output).toMatch(/Unknown key.*Restrat/)
   })
 
-  it.skipIf(!haveSystemdAnalyze || systemdVersion >= 254)(
+  withSystemd(
     `the restart back-off drop-in is for systemd >= 254 only (this is ${systemdVersion}; install.sh skips it here)`,
     () => {
       const result = verify((unit) => unit.replace("RestartSec=5", `RestartSec=5\n${read("restart-backoff.conf").split("[Service]")[1]!.trim()}`))
       expect(result.output).toMatch(/Unknown key.*RestartSteps/)
-    }
+    },
+    (version) => version < 254
   )
 
-  it.skipIf(!haveSystemdAnalyze || systemdVersion < 254)("the restart back-off drop-in verifies on this systemd", () => {
+  withSystemd("the restart back-off drop-in verifies on this systemd", () => {
     const result = verify((unit) => unit.replace("RestartSec=5", `RestartSec=5\n${read("restart-backoff.conf").split("[Service]")[1]!.trim()}`))
     expect(result.output).toBe("")
-  })
+  }, (version) => version >= 254)
 
   it("the service is templated, reloadable, stops within its grace period, and is hardened for Node", () => {
     const unit = directives(read("webhook-worker@.service"))
@@ -195,16 +215,26 @@ ln -sf ../webhook-worker/bin/webhook-worker.js "$prefix/node_modules/.bin/webhoo
         const admin = join(paths.SBIN_DIR, "webhook-worker-admin")
         expect(statSync(admin).mode & 0o777).toBe(0o755)
         const wrapper = readFileSync(admin, "utf8")
-        expect(wrapper).toContain(`. ${paths.CONF_DIR}/webhook-worker.env\n`)
-        expect(wrapper).toContain(`exec ${paths.PREFIX}/node_modules/.bin/webhook-worker "$@"`)
+        expect(wrapper).toContain(`CLI=${paths.PREFIX}/node_modules/.bin/webhook-worker\n`)
+        expect(wrapper).toContain(`ENV_FILE=${paths.CONF_DIR}/webhook-worker.env\n`)
+        expect(wrapper).toContain(`ADMIN_ENV=${paths.CONF_DIR}/admin.env\n`)
+        // The env files go to the CLI; the shell never sources them.
+        expect(wrapper).not.toMatch(/^\s*(\.|source)\s/m)
+        expect(wrapper).toContain(`exec "$CLI" "$@" --env-file "$ENV_FILE" --env-file "$ADMIN_ENV"`)
 
         // The operator's edits survive a re-run (an upgrade).
         writeFileSync(envFile, `DATABASE_URL=postgresql://nobody:wrong@127.0.0.1:1/none\nWEBHOOK_SECRET_ENCRYPTION_KEY=${TEST_KEY}\nLOG_LEVEL=WARN\n`)
         expect(install()).toContain("keeping")
         expect(readFileSync(envFile, "utf8")).toContain("LOG_LEVEL=WARN")
 
-        // webhook-worker-admin: the service's settings (the key), the owner's DATABASE_URL.
-        writeFileSync(join(paths.CONF_DIR, "admin.env"), `DATABASE_URL=${db.url}\n`)
+        // webhook-worker-admin: the service's settings (the key), the owner's DATABASE_URL. Values
+        // with `$`, `&`, `;` and backticks, which a shell sourcing the files would expand, cut or
+        // run, reach the CLI as written. (The `&` in the owner's URL: a sourcing shell would have
+        // backgrounded that assignment, leaving the service's wrong URL in place.)
+        const marker = join(root, "executed")
+        const hostile = `svc$HOME&x;y\`touch ${marker}\`$(touch ${marker})`
+        writeFileSync(envFile, `DATABASE_URL=postgresql://nobody:wrong@127.0.0.1:1/none\nWEBHOOK_SECRET_ENCRYPTION_KEY=${TEST_KEY}\nOTEL_SERVICE_NAME=${hostile}\n`)
+        writeFileSync(join(paths.CONF_DIR, "admin.env"), `DATABASE_URL=${db.url}?application_name=ww_admin$HOME&connect_timeout=10\n`)
         const run = (args: ReadonlyArray<string>) =>
           spawnSync(admin, args, { encoding: "utf8", env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "" } })
         const added = run(["endpoints", "add", "--url", "https://partner.example/hook"])
@@ -213,5 +243,18 @@ ln -sf ../webhook-worker/bin/webhook-worker.js "$prefix/node_modules/.bin/webhoo
         const listed = run(["endpoints", "list", "--json"])
         expect(JSON.parse(listed.stdout)).toHaveLength(1)
         expectOk({ code: listed.status, stdout: listed.stdout, stderr: listed.stderr })
+        expect(existsSync(marker)).toBe(false)
+        // The value itself arrives byte for byte: a bad value is echoed in the one-line error.
+        writeFileSync(envFile, `WEBHOOK_SECRET_ENCRYPTION_KEY=${TEST_KEY}\nLOG_LEVEL=${hostile}\n`)
+        const echoed = run(["stats"])
+        expect(echoed.status).toBe(2)
+        expect(echoed.stderr.trim()).toBe(
+          `webhook-worker: LOG_LEVEL: expected one of DEBUG, INFO, WARN, ERROR, got "${hostile}"`
+        )
+        expect(existsSync(marker)).toBe(false)
+        // Commands that read no configuration run without the env files.
+        const key = run(["keygen"])
+        expect(key.status, key.stderr).toBe(0)
+        expect(Buffer.from(key.stdout.trim(), "base64")).toHaveLength(32)
       })), 60_000)
 })

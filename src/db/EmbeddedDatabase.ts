@@ -386,9 +386,18 @@ export const isCreated = (paths: EmbeddedPaths) => existsSync(join(paths.pgdata,
 
 // == layers
 
-/** A client of the embedded server: exactly one connection (see MAX_CONNECTIONS and EmbeddedSocket.ts). */
-const clientLayer = (port: number, applicationName: string) =>
-  Database.layer({ url: Redacted.make(connectionUrl(port)), maxConnections: 1, applicationName })
+/**
+ * How a process connects to the embedded server: a pool of exactly one connection. PGlite is one
+ * session; with a larger pool concurrent statements interleave and writes are lost (see
+ * MAX_CONNECTIONS and EmbeddedSocket.ts).
+ */
+export const clientOptions = (port: number, applicationName: string): Database.DatabaseOptions => ({
+  url: Redacted.make(connectionUrl(port)),
+  maxConnections: 1,
+  applicationName
+})
+
+const clientLayer = (port: number, applicationName: string) => Database.layer(clientOptions(port, applicationName))
 
 /**
  * The worker's database: takes the data folder (refusing a second worker), serves it on a

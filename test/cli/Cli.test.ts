@@ -4,7 +4,8 @@ import { PgClient } from "@effect/sql-pg"
 import { Effect, Layer, Redacted } from "effect"
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { spawnSync } from "node:child_process"
+import { dirname, join } from "node:path"
 import Pg from "pg"
 import { describe, expect } from "vitest"
 import { runCli as runBinary, runCliInProcess as runCli } from "../utils/Cli.js"
@@ -157,6 +158,16 @@ describe("CLI", () => {
       // The same file with DATABASE_URL set is fine (test/ops/Deployment.test.ts runs the guide so);
       // with no env file and no NODE_ENV=production the embedded database serves (test/embedded).
     }).pipe(Effect.scoped), 60_000)
+
+  it("run through its shebang (as systemd and the admin wrapper do), a missing --env-file is the CLI's error, not Node's", () => {
+    const bin = join(import.meta.dirname, "..", "..", "bin", "webhook-worker.js")
+    const result = spawnSync(bin, ["stats", "--env-file", "/nonexistent/webhook-worker.env"], {
+      encoding: "utf8",
+      env: { PATH: `${dirname(process.execPath)}:/usr/bin:/bin` }
+    })
+    expect(result.stderr.trimEnd()).toBe("webhook-worker: --env-file: cannot read /nonexistent/webhook-worker.env: ENOENT")
+    expect(result.status).toBe(2)
+  })
 
   it.live("--env-file may be given more than once: a later file wins, an empty value unsets", () =>
     withDb(Effect.scoped(Effect.gen(function*() {

@@ -21,11 +21,16 @@ export interface Receiver {
   readonly requests: Array<ReceivedRequest>
   /** How to answer; by default 200 "ok". */
   respond: (request: ReceivedRequest) => Reply
+  /** Requests received and not answered yet. */
+  readonly active: number
+  /** The most requests held open at once since the start (or since the test last set it). */
+  maxActive: number
   readonly waitForRequests: (count: number, timeoutMs?: number) => Effect.Effect<ReadonlyArray<ReceivedRequest>>
 }
 
 export const makeReceiver = Effect.acquireRelease(
   Effect.async<Receiver & { readonly close: () => Promise<void> }>((resume) => {
+    let active = 0
     const receiver: Receiver & { close: () => Promise<void> } = {
       close: () =>
         new Promise<void>((done) => {
@@ -38,6 +43,10 @@ export const makeReceiver = Effect.acquireRelease(
       },
       requests: [],
       respond: () => ({ status: 200, body: "ok" }),
+      get active() {
+        return active
+      },
+      maxActive: 0,
       waitForRequests: (count, timeoutMs = 10_000) =>
         Effect.gen(function*() {
           const deadline = Date.now() + timeoutMs
@@ -62,6 +71,9 @@ export const makeReceiver = Effect.acquireRelease(
           at: Date.now()
         }
         receiver.requests.push(request)
+        active++
+        receiver.maxActive = Math.max(receiver.maxActive, active)
+        res.on("close", () => active--)
         const reply = receiver.respond(request)
         if ("destroy" in reply) {
           req.socket.destroy()

@@ -100,36 +100,98 @@ describe("the worker process", () => {
       for (const row of rows) expect(row).toEqual({ status: "pending", locked_by: null, attempt_count: 1, due: true })
     })), 30_000)
 
-  it.live("SIGHUP re-reads the env file: log level and concurrency change live; a bad file keeps the running settings", () =>
+  it.live("SIGINT drains like SIGTERM: in-flight deliveries finish, the process exits 0 and leaves nothing claimed", () =>
     withDb(Effect.gen(function*() {
       const db = yield* TestDb
       const receiver = yield* makeReceiver
+      receiver.respond = () => ({ status: 200, delayMs: 1500 })
+      const worker = yield* spawnCli(["run"], workerEnv(db.url, { DELIVERY_TIMEOUT: "5" }))
+      yield* worker.waitForLine(/Worker started/)
+      yield* insertMany(3, receiver.url())
+      yield* receiver.waitForRequests(3)
+      expect(receiver.active).toBe(3)
+      yield* worker.signal("SIGINT")
+      expect(yield* worker.exited).toBe(0)
+      expect(yield* statusCounts).toEqual({ delivered: 3 })
+      expect(receiver.requests).toHaveLength(3)
+      expect(worker.lines.some((line) => line.includes("Worker stopped"))).toBe(true)
+    })), 30_000)
+
+  it.live("SIGHUP applies the re-read env file live (concurrency, retry delay, log level) without dropping in-flight work; a bad file keeps the running settings", () =>
+    withDb(Effect.gen(function*() {
+      const db = yield* TestDb
+      const sql = yield* SqlClient.SqlClient
+      const receiver = yield* makeReceiver
+      receiver.respond = (request) => (request.path === "/fail" ? { status: 500 } : { status: 200, delayMs: 800 })
       const envFile = join(tmpdir(), `ww-hup-${process.pid}-${Date.now()}.env`)
-      writeFileSync(envFile, "LOG_LEVEL=WARN\n")
-      const worker = yield* spawnCli(["run", "--env-file", envFile], workerEnv(db.url))
-      yield* insertMany(1, receiver.url())
-      yield* eventually(Effect.map(statusCounts, (c) => c.delivered === 1 || undefined), "first delivered")
+      writeFileSync(envFile, "LOG_LEVEL=WARN\nMAX_CONCURRENT_DELIVERIES=2\n")
+      const worker = yield* spawnCli(["run", "--env-file", envFile], workerEnv(db.url, { DELIVERY_TIMEOUT: "5" }))
+      const rowOf = (id: string) =>
+        Effect.map(
+          sql<{ status: string; attempt_count: number; due_in_s: number }>`
+            SELECT status, attempt_count, extract(epoch FROM next_retry_at - now())::float8 AS due_in_s
+            FROM webhook_delivery_queue WHERE id = ${id}`,
+          (rows) => rows[0]!
+        ).pipe(Effect.orDie)
+      const insertFailing = Effect.flatMap(
+        sql<{ id: string }>`INSERT INTO webhook_delivery_queue (url, secret, event_type, payload, max_attempts)
+                            VALUES (${receiver.url("/fail")}, 's', 'fail', '{}', 2) RETURNING id::text`,
+        (rows) => Effect.succeed(rows[0]!.id)
+      ).pipe(Effect.orDie)
+
+      // Before: RETRY_BASE_DELAY=0.2, so a failing row uses its two attempts within a second or so.
+      const early = yield* insertFailing
+      yield* eventually(Effect.map(rowOf(early), (row) => row.status === "dead_letter" || undefined), "the early failing row dead-lettered", 5000)
+      // LOG_LEVEL=WARN: the attempts were not logged.
       expect(worker.lines.some((line) => line.includes("Delivering webhook"))).toBe(false)
 
-      writeFileSync(envFile, "LOG_LEVEL=INFO\nMAX_CONCURRENT_DELIVERIES=3\nMETRICS_PORT=9999\n")
+      // MAX_CONCURRENT_DELIVERIES=2: a slow receiver never sees more than 2 at once.
+      receiver.maxActive = 0
+      yield* sql`INSERT INTO webhook_delivery_queue (url, secret, event_type, payload)
+                 SELECT ${receiver.url("/slow")}, 's', 'slow', json_build_object('n', n) FROM generate_series(1, 24) AS n`.pipe(Effect.orDie)
+      yield* eventually(Effect.sync(() => receiver.requests.filter((r) => r.path === "/slow").length >= 4 || undefined), "4 slow requests")
+      expect(receiver.maxActive).toBe(2)
+
+      writeFileSync(envFile, "LOG_LEVEL=INFO\nMAX_CONCURRENT_DELIVERIES=5\nRETRY_BASE_DELAY=600\nMETRICS_PORT=9999\n")
+      // The reload happens with deliveries held open by the receiver.
+      expect(receiver.active).toBeGreaterThan(0)
       yield* worker.signal("SIGHUP")
       const reloaded = yield* worker.waitForLine(/Configuration reloaded/)
-      expect(JSON.parse(reloaded).changed).toBe("logLevel,maxConcurrentDeliveries")
+      expect(String(JSON.parse(reloaded).changed).split(",").sort()).toEqual(["logLevel", "maxConcurrentDeliveries", "retryBaseDelayMs"])
       const restart = yield* worker.waitForLine(/apply only after a restart/)
       expect(JSON.parse(restart).restart_needed_for).toBe("metricsPort")
-      yield* insertMany(1, receiver.url())
-      const line = yield* worker.waitForLine(/Delivering webhook/)
-      expect(JSON.parse(line)).toMatchObject({ level: "INFO", outcome: "delivered", attempt: 1 })
+
+      // After: up to 5 at once, and never more.
+      receiver.maxActive = receiver.active
+      yield* eventually(Effect.map(statusCounts, (c) => c.delivered === 24 || undefined), "every slow row delivered", 20_000)
+      expect(receiver.maxActive).toBe(5)
+      // In-flight work across the reload was neither dropped nor repeated: each row delivered once.
+      const slow = receiver.requests.filter((r) => r.path === "/slow")
+      expect(slow).toHaveLength(24)
+      expect(new Set(slow.map((r) => r.headers["webhook-id"])).size).toBe(24)
+      const [attempts] = yield* sql<{ n: string; once: string }>`
+        SELECT count(*) AS n, count(*) FILTER (WHERE attempt_count = 1) AS once FROM webhook_delivery_queue WHERE event_type = 'slow'`.pipe(Effect.orDie)
+      expect(attempts).toEqual({ n: "24", once: "24" })
+
+      // RETRY_BASE_DELAY=600: a failing row now waits about ten minutes (±20 % jitter) for its retry.
+      const late = yield* insertFailing
+      const waiting = yield* eventually(Effect.map(rowOf(late), (row) => (row.status === "failed" ? row : undefined)), "the late failing row waiting")
+      expect(waiting.attempt_count).toBe(1)
+      expect(waiting.due_in_s).toBeGreaterThan(600 * 0.8 - 5)
+      expect(waiting.due_in_s).toBeLessThanOrEqual(600 * 1.2)
+      // LOG_LEVEL=INFO: attempts are logged now.
+      const line = yield* worker.waitForLine(/Delivering webhook.*"outcome":"failed"/)
+      expect(JSON.parse(line)).toMatchObject({ level: "INFO", delivery_id: late, attempt: 1, outcome: "failed" })
 
       writeFileSync(envFile, "WORKER_BATCH_SIZE=lots\n")
       yield* worker.signal("SIGHUP")
       const failed = yield* worker.waitForLine(/Reload failed/)
       expect(JSON.parse(failed).error).toBe("WORKER_BATCH_SIZE: expected an integer from 1 to 10000, got \"lots\"")
       yield* insertMany(1, receiver.url())
-      yield* eventually(Effect.map(statusCounts, (c) => c.delivered === 3 || undefined), "still delivering")
+      yield* eventually(Effect.map(statusCounts, (c) => c.delivered === 25 || undefined), "still delivering")
       yield* worker.signal("SIGTERM")
       expect(yield* worker.exited).toBe(0)
-    })), 30_000)
+    })), 60_000)
 
   it.live("refuses to start on bad configuration with one line naming the variable (exit 2)", () =>
     Effect.gen(function*() {

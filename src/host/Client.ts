@@ -4,8 +4,8 @@ import { PgClient } from "@effect/sql-pg"
 import { isSpanContextValid, trace, TraceFlags } from "@opentelemetry/api"
 import { Cause, Data, Effect, Either, Exit, Layer, Logger, Option, Redacted, Scope } from "effect"
 import Pg from "pg"
-import type { AppSettings, LogFormat, LogLevelName } from "../config/AppConfig.js"
-import { keyringOf } from "../crypto/Keyring.js"
+import { type AppSettings, ConfigInvalid, type LogFormat, type LogLevelName } from "../config/AppConfig.js"
+import { Keyring, keyringOf } from "../crypto/Keyring.js"
 import * as Database from "../db/Database.js"
 import { ensureMigrated } from "../db/Migrator.js"
 import * as Log from "../observability/Log.js"
@@ -34,8 +34,11 @@ export type DatabaseConnection =
   | { readonly pool: Pg.Pool }
 
 export interface WebhookClientOptions {
-  /** Encrypts URL+secret deliveries' secrets at rest: the worker's WEBHOOK_SECRET_ENCRYPTION_KEY. */
-  readonly encryptionKey: string
+  /**
+   * Encrypts URL+secret deliveries' secrets at rest: the worker's WEBHOOK_SECRET_ENCRYPTION_KEY.
+   * Only those need it; a producer that enqueues to registered endpoints alone can leave it out.
+   */
+  readonly encryptionKey?: string | undefined
   /** `maxAttempts` of a request that gives none (default 5, as WEBHOOK_MAX_ATTEMPTS). */
   readonly defaultMaxAttempts?: number | undefined
 }
@@ -85,10 +88,33 @@ const toPromise = <A, E>(effect: Effect.Effect<A, E>): Promise<A> =>
   })
 
 /** Settings resolved from code only (never the environment), or a thrown `ConfigInvalid`. */
-const settingsOf = (settings: WorkerSettings): AppSettings => {
-  const resolved = Effect.runSync(Effect.either(Effect.tap(resolve({ settings }), (s) => requireKey(s, { settings }))))
+const settingsOf = (settings: WorkerSettings, options: { readonly keyRequired: boolean } = { keyRequired: true }): AppSettings => {
+  const resolved = Effect.runSync(Effect.either(
+    options.keyRequired ? Effect.tap(resolve({ settings }), (s) => requireKey(s, { settings })) : resolve({ settings })
+  ))
   if (Either.isLeft(resolved)) throw resolved.left
   return resolved.right
+}
+
+/** Why a client without `encryptionKey` refuses a URL+secret delivery. */
+const keyNeeded = () =>
+  new ConfigInvalid({
+    variable: "encryptionKey",
+    reason: "is required to enqueue to a URL with its secret, which is stored encrypted: pass the worker's " +
+      "WEBHOOK_SECRET_ENCRYPTION_KEY to createWebhookClient (deliveries to registered endpoints need none)"
+  })
+
+/**
+ * Stands in for the keyring of a client without a key, where only endpoint deliveries (which
+ * store no secret) are queued; encrypting with it is a bug, and says so.
+ */
+class NoKeyring extends Keyring {
+  constructor() {
+    super(Buffer.alloc(32), [])
+  }
+  override encrypt(): string {
+    throw keyNeeded()
+  }
 }
 
 /**
@@ -122,11 +148,17 @@ const pgLayerFromPool = (pool: Pg.Pool) => PgClient.layerFromPool({ acquire: Eff
 /**
  * The Promise API: `enqueue(request, { client })` joins the `pg` transaction the app opened on
  * `client`, with the same validation, SQL and typed errors as the Effect `WebhookQueue`.
- * Throws `ConfigInvalid` at once when the encryption key is missing or malformed.
+ * Throws `ConfigInvalid` at once when an encryption key is given but malformed (or empty).
+ * Without one, deliveries to registered endpoints are queued and a URL+secret delivery is
+ * rejected with `ConfigInvalid` naming `encryptionKey`.
  */
-export const createWebhookClient = (database: DatabaseConnection, options: WebhookClientOptions): WebhookClient => {
-  const settings = settingsOf({ encryptionKey: options.encryptionKey, defaultMaxAttempts: options.defaultMaxAttempts })
-  const keyring = Option.getOrThrow(keyringOf(settings))
+export const createWebhookClient = (database: DatabaseConnection, options: WebhookClientOptions = {}): WebhookClient => {
+  const settings = settingsOf(
+    { encryptionKey: options.encryptionKey, defaultMaxAttempts: options.defaultMaxAttempts },
+    { keyRequired: options.encryptionKey !== undefined }
+  )
+  const keyring = Option.getOrUndefined(keyringOf(settings))
+  const rowKeyring = keyring ?? new NoKeyring()
   const { owned, pool } = poolOf(database)
   let closed: Promise<void> | undefined
 
@@ -142,9 +174,12 @@ export const createWebhookClient = (database: DatabaseConnection, options: Webho
     const traceparent = activeTraceparent()
     const rows: Array<Row> = []
     for (const request of requests) {
+      if (keyring === undefined && request.destination !== null && typeof request.destination === "object" && "url" in request.destination) {
+        return Promise.reject(keyNeeded())
+      }
       const row = toRow(
         request.traceparent === undefined && traceparent !== undefined ? { ...request, traceparent } : request,
-        keyring,
+        rowKeyring,
         settings.defaultMaxAttempts
       )
       if (Either.isLeft(row)) return Promise.reject(row.left)

@@ -190,6 +190,30 @@ describe("Promise API: createWebhookClient inside a pg transaction", () => {
     }
   })
 
+  it("without encryptionKey: deliveries to registered endpoints are queued and delivered; a URL+secret one is refused with ConfigInvalid naming the option", async () => {
+    const producer = createWebhookClient({ pool })
+    const endpointId = await insertEndpointPg(pool, { url: receiver.url("/keyless-ep"), secret: "ep-keyless" })
+    const toEndpoint = { destination: { endpointId }, eventType: "order.created", payload: { n: 1 } }
+    const toUrl = { destination: { url: receiver.url("/keyless-url"), secret: SECRET }, eventType: "order.created", payload: { n: 2 } }
+
+    const queued = await producer.enqueue(toEndpoint)
+    await waitFor(async () => (await statusOf(queued.id)) === "delivered", "keyless endpoint delivery")
+    const [request] = requestsTo("/keyless-ep")
+    expect(verifyWebhook("ep-keyless", request!.headers, request!.body)).toMatchObject({ data: { n: 1 } })
+
+    const refused = await producer.enqueue(toUrl).catch((e: unknown) => e)
+    expect(refused).toBeInstanceOf(ConfigInvalid)
+    expect(refused).toMatchObject({ variable: "encryptionKey" })
+    expect((refused as Error).message).toMatch(/^encryptionKey: is required to enqueue to a URL with its secret.*WEBHOOK_SECRET_ENCRYPTION_KEY/)
+    expect(isEnqueueError(refused)).toBe(false)
+    // All or nothing: the endpoint delivery beside it is not queued either.
+    const before = (await queueRowsPg(pool)).length
+    await expect(producer.enqueueMany([toEndpoint, toUrl])).rejects.toBeInstanceOf(ConfigInvalid)
+    expect((await queueRowsPg(pool)).length).toBe(before)
+    expect((await queueRowsPg(pool)).filter((row) => row.url === receiver.url("/keyless-url"))).toEqual([])
+    await producer.close()
+  })
+
   it("bad options throw ConfigInvalid naming the option", async () => {
     expect(() => createWebhookClient({ pool }, { encryptionKey: "" })).toThrow(ConfigInvalid)
     expect(() => createWebhookClient({ pool }, { encryptionKey: "c2hvcnQ=" })).toThrow(/encryptionKey: expected base64 of 32 random bytes/)
@@ -211,8 +235,15 @@ describe("Promise API: its own pool from a connection string", () => {
       const enqueued = await own.enqueue({ destination: { url: "https://partner.example/hook", secret: SECRET }, eventType: "a.b", payload: 1 })
       const check = new Pg.Pool({ connectionString: empty.url, max: 1 })
       const [row] = await queueRowsPg(check)
-      await check.end()
       expect(row).toMatchObject({ id: enqueued.id, max_attempts: 3, status: "pending" })
+
+      // A producer that enqueues only to registered endpoints needs no key: createWebhookClient({ connectionString }).
+      const keyless = createWebhookClient({ connectionString: empty.url })
+      const endpointId = await insertEndpointPg(check, { url: "https://partner.example/ep", secret: "s" })
+      const viaEndpoint = await keyless.enqueue({ destination: { endpointId }, eventType: "a.b", payload: 2 })
+      expect((await queueRowsPg(check)).find((r) => r.id === viaEndpoint.id)).toMatchObject({ endpoint_id: endpointId, url: null, secret: null, status: "pending" })
+      await keyless.close()
+      await check.end()
       await own.close()
       await expect(own.enqueue({ destination: { url: "https://partner.example/hook", secret: SECRET }, eventType: "a.b", payload: 1 }))
         .rejects.toThrow(/pool/i)

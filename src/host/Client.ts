@@ -252,7 +252,7 @@ export const startWebhookWorker = async (database: DatabaseConnection, options: 
     : Database.layer({ url: Redacted.make(database.connectionString), maxConnections: database.maxConnections ?? 4 })
   const logs = options.logLevel === "NONE"
     ? Logger.replace(Logger.defaultLogger, Logger.none)
-    : Log.layer(options.logFormat ?? "json", new Log.LogThreshold(options.logLevel ?? "INFO"))
+    : Log.layer(options.logFormat ?? "json", new Log.LogThreshold(options.logLevel ?? "INFO"), undefined, { instance: options.instance ?? 1 })
   const tracer = options.tracing === true
     ? OtelTracer.layerGlobal.pipe(Layer.provide(OtelResource.layer({ serviceName: options.serviceName ?? "webhook-worker" })))
     : Layer.empty

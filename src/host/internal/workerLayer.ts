@@ -67,6 +67,9 @@ export const layerWith = (settings: AppSettings, options: Omit<WorkerOptions, ke
     : Layer.merge(stack, queueGauges(metrics.queueStatsInterval ?? DEFAULT_QUEUE_STATS_INTERVAL).pipe(Layer.provide(metricsLayer)))
   return worker.pipe(
     Layer.provide(Layer.succeed(Worker.TraceDeliveries, tracing)),
-    Layer.provide(untransformed)
+    Layer.provide(untransformed),
+    // Every line the worker writes (its fibers and finalizers inherit this) names the instance,
+    // as `webhook-worker run --instance N` does, whichever logger the host runs.
+    Layer.annotateLogs({ instance: options.instance ?? 1 })
   )
 }

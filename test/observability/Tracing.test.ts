@@ -11,9 +11,11 @@ import * as Metrics from "../../src/observability/Metrics.js"
 import * as Telemetry from "../../src/observability/TelemetrySdk.js"
 import * as TelemetryConfig from "../../src/observability/Telemetry.js"
 import { TraceDeliveries } from "../../src/worker/Worker.js"
+import { spawnCli } from "../utils/Cli.js"
+import { makeModuleProbe } from "../utils/ModuleProbe.js"
 import { makeReceiver } from "../utils/Receiver.js"
-import { layerPg } from "../utils/TestDatabase.js"
-import { eventually, statusIs } from "../utils/WorkerHarness.js"
+import { layerPg, testDatabase } from "../utils/TestDatabase.js"
+import { eventually, statusIs, TEST_KEY } from "../utils/WorkerHarness.js"
 import { enqueue, makeCollector, start, waitFor, workerLayer } from "./support.js"
 
 const scoped = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient | PgClient.PgClient | Scope.Scope>) =>
@@ -200,6 +202,42 @@ describe("delivery traces", () => {
       const line = logs.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.msg === "Delivering webhook")!
       expect(line.trace_id).toBeUndefined()
     })))
+
+  it.live("a worker process without OTEL_EXPORTER_OTLP_ENDPOINT never loads the OpenTelemetry SDK; with the variable set it does", () =>
+    Effect.gen(function*() {
+      const { url } = yield* testDatabase
+      const collector = yield* makeCollector
+      const sdk = /\/node_modules\/(@opentelemetry\/(sdk-trace-base|sdk-trace-node|exporter-trace-otlp-http|resources)|@effect\/opentelemetry)\//
+      // The built CLI (`npm test` builds dist/ first), started, then stopped once it runs.
+      const modulesOfRun = (env: Record<string, string>) =>
+        Effect.gen(function*() {
+          const probe = makeModuleProbe()
+          const worker = yield* spawnCli(["run"], {
+            DATABASE_URL: url,
+            WEBHOOK_SECRET_ENCRYPTION_KEY: TEST_KEY,
+            METRICS_ENABLED: "false",
+            ...probe.env,
+            ...env
+          })
+          yield* worker.waitForLine(/Worker started/)
+          yield* worker.signal("SIGTERM")
+          expect(yield* worker.exited).toBe(0)
+          return probe.loaded()
+        }).pipe(Effect.scoped)
+
+      const untraced = yield* modulesOfRun({})
+      // The probe sees the worker's own modules...
+      expect(untraced.some((u) => u.endsWith("/dist/observability/Telemetry.js"))).toBe(true)
+      expect(untraced.some((u) => u.endsWith("/dist/worker/Worker.js"))).toBe(true)
+      // ...and no part of the SDK, nor the module that imports it.
+      expect(untraced.filter((u) => sdk.test(u) || u.endsWith("/dist/observability/TelemetrySdk.js"))).toEqual([])
+
+      const traced = yield* modulesOfRun({ OTEL_EXPORTER_OTLP_ENDPOINT: collector.url })
+      expect(traced.some((u) => u.endsWith("/dist/observability/TelemetrySdk.js"))).toBe(true)
+      for (const entry of ["@effect/opentelemetry", "@opentelemetry/sdk-trace-base", "@opentelemetry/exporter-trace-otlp-http"]) {
+        expect(traced.some((u) => u.includes(`/node_modules/${entry}/`)), entry).toBe(true)
+      }
+    }).pipe(Effect.scoped), 60_000)
 
   it.effect("the tracer and TraceDeliveries are put back when the telemetry layer is released", () =>
     Effect.gen(function*() {

@@ -8,9 +8,13 @@
 --
 -- Then DATABASE_URL=postgresql://webhook_worker:PASSWORD@localhost:5432/epic_voice_db in
 -- /etc/webhook-worker/webhook-worker.env. The role cannot change the schema, register endpoints,
--- change their URLs or secrets, or delete anything; see DEPLOYMENT.md "Database roles" for the
--- commands that need the owner (migrate, endpoints add/rotate-secret, rotate-key, dlq archive,
--- cleanup). The password is not set here, so this file holds no secret.
+-- change their URLs or secrets, or delete anything; see DEPLOYMENT.md "Database Permissions"
+-- (and README.md "Database roles") for the commands that need the owner (migrate, endpoints
+-- add/rotate-secret, rotate-key, dlq archive, cleanup). The password is not set here, so this
+-- file holds no secret.
+--
+-- Database-wide: it revokes CREATE on schema public from PUBLIC (see below). Run it as a
+-- superuser or the owner of schema public (the `postgres` role of DEPLOYMENT.md).
 
 DO $$
 BEGIN
@@ -27,6 +31,26 @@ BEGIN
 END
 $$;
 GRANT USAGE ON SCHEMA public TO webhook_worker;
+
+-- PostgreSQL 12 to 14 let PUBLIC, and so every role, create objects in schema public (15 made
+-- that the schema owner's alone): there the role could create tables. A right of PUBLIC cannot
+-- be taken from one role, so it is revoked from PUBLIC, for this whole database; PostgreSQL 15+
+-- starts that way. Roles that create objects in public without owning it (other applications'
+-- migration roles) then need their own GRANT CREATE ON SCHEMA public TO <role>. (Temporary
+-- tables, which PUBLIC may create on every version, last only as long as the session.)
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+-- A REVOKE by a role without the right to revoke only warns: check, and stop if the role
+-- could still create objects (psql -v ON_ERROR_STOP=1 makes this error fatal).
+DO $$
+BEGIN
+  IF has_schema_privilege('webhook_worker', 'public', 'CREATE') THEN
+    RAISE EXCEPTION 'webhook_worker can still create objects in schema public: run sql/roles.sql as a superuser or the owner of schema public, and do not GRANT CREATE on it to PUBLIC or to webhook_worker';
+  END IF;
+  IF has_database_privilege('webhook_worker', current_database(), 'CREATE') THEN
+    RAISE EXCEPTION 'webhook_worker can create schemas in database %: REVOKE CREATE ON DATABASE % FROM PUBLIC (and from webhook_worker)', current_database(), current_database();
+  END IF;
+END
+$$;
 
 -- The deployment guide's grants, unchanged. INSERT on the queue is not used by the worker
 -- itself; it lets the same role run `webhook-worker enqueue` (and host apps enqueue).

@@ -2,11 +2,13 @@ import { it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
 import { Effect } from "effect"
 import { spawnSync } from "node:child_process"
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import Pg from "pg"
 import { describe, expect } from "vitest"
+import { admin } from "../utils/TestDatabase.js"
+import { databaseUrl } from "../utils/urls.js"
 import { keyringOf, repoRoot, runCli, TEST_KEY, withDb } from "./support.js"
 
 /**
@@ -114,6 +116,42 @@ describe("DEPLOYMENT.md", () => {
     for (const invocation of [...shellInvocations, ...inlineInvocations]) pathOf(invocation)
   })
 
+  it("writes every command as it runs on the host: with the env file, a DATABASE_URL, or through webhook-worker-admin", () => {
+    // Commands that read no configuration need none of them.
+    const standalone = new Set(["", "keygen"])
+    for (const invocation of [...shellInvocations, ...inlineInvocations]) {
+      if (invocation.admin || standalone.has(pathOf(invocation).join(" "))) continue
+      const configured = invocation.args.includes("--env-file") || invocation.prefix.some((word) => word.startsWith("DATABASE_URL="))
+      expect(configured, `${invocation.line}: without --env-file it would not reach the service's database`).toBe(true)
+      // The env file is readable by www-data only (mode 640, root:www-data).
+      // (`run` is the unit's ExecStart: systemd runs it as www-data.)
+      if (invocation.args.includes("--env-file") && invocation.args[0] !== "run") {
+        expect(invocation.prefix.join(" "), invocation.line).toBe("sudo -u www-data")
+      }
+    }
+  })
+
+  it.live("shows what migrate prints on a fresh database", () =>
+    Effect.gen(function*() {
+      const step = guide.slice(guide.indexOf("### Step 1: Run Schema Migration"))
+      const shown = /Expected output[^\n]*\n(?:(?!```)[^\n]*\n)*?```\n([^\n]+)\n```/.exec(step)
+      expect(shown, "Database Setup, Step 1: an expected-output block").not.toBeNull()
+      const name = `ww_deploy_mig_${process.pid}_${Date.now().toString(36)}`
+      yield* Effect.acquireRelease(
+        admin((client) => client.query(`CREATE DATABASE ${name}`)),
+        () => admin((client) => client.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`))
+      )
+      const first = yield* runCli(["migrate"], { DATABASE_URL: databaseUrl(name) })
+      expect(first.code, first.stderr).toBe(0)
+      expect(first.stdout.trim()).toBe(shown![1])
+      // Every file of migrations/, in order (so the guide lists what this version ships).
+      const files = readdirSync(join(repoRoot, "migrations")).filter((file) => /^\d+_.*\.sql$/.test(file)).sort()
+      expect(shown![1]).toBe(`Applied ${files.map((file) => file.replace(/\.sql$/, "")).join(", ")}.`)
+      const again = yield* runCli(["migrate"], { DATABASE_URL: databaseUrl(name) })
+      expect(again.stdout.trim()).toBe("Database schema is up to date.")
+      expect(guide).toContain("afterwards `Database schema is up to date.`")
+    }).pipe(Effect.scoped), 60_000)
+
   it.live("uses only flags the commands have", () =>
     Effect.gen(function*() {
       const byPath = new Map<string, Set<string>>()
@@ -187,7 +225,7 @@ describe("DEPLOYMENT.md", () => {
         expect(sqlBlocks.length).toBeGreaterThan(8)
         for (const block of sqlBlocks) {
           if (/\bGRANT\b/.test(block.body)) {
-            for (const grant of block.body.split("\n").filter((line) => line.startsWith("GRANT"))) expect(roles).toContain(grant)
+            for (const grant of block.body.split("\n").filter((line) => /^(GRANT|REVOKE) /.test(line))) expect(roles).toContain(grant)
             continue
           }
           const ok = yield* Effect.promise(() => client.query(block.body).then(() => "ok", (error: Error) => error.message))

@@ -26,6 +26,9 @@ const createRole = (ownerUrl: string) =>
       const role = `ww_role_${process.pid}_${Date.now().toString(36)}`
       const owner = new Pg.Client({ connectionString: ownerUrl })
       await owner.connect()
+      // PostgreSQL 12 to 14's default, whatever this server's version: PUBLIC may create in
+      // schema public (this is the test's own database). roles.sql must take that away.
+      await owner.query("GRANT CREATE ON SCHEMA public TO PUBLIC")
       // Twice: the file is safe to run again (after an upgrade).
       await owner.query(rolesSql(role))
       await owner.query(rolesSql(role))
@@ -60,6 +63,21 @@ const attempt = (statement: string) =>
   )
 
 describe("the least-privilege webhook_worker role (sql/roles.sql)", () => {
+  it("README's \"Database roles\" shows every GRANT and REVOKE of sql/roles.sql, as written there", () => {
+    const roles = readFileSync(join(repoRoot, "sql", "roles.sql"), "utf8")
+    const readme = readFileSync(join(repoRoot, "README.md"), "utf8")
+    const section = readme.slice(readme.indexOf("### Database roles"), readme.indexOf("### Commands"))
+    const statements = (text: string) =>
+      text.split("\n").map((line) => line.replace(/\s+--.*$/, "").trim())
+        .filter((line) => /^(GRANT|REVOKE) .*;$/.test(line))
+    const shown = statements(section)
+    // USAGE on the schema is named in prose ("plus CONNECT … and USAGE on the schema").
+    const granted = statements(roles).filter((line) => !line.startsWith("GRANT USAGE ON SCHEMA"))
+    expect(granted.length).toBeGreaterThan(8)
+    expect(granted).toContain("REVOKE CREATE ON SCHEMA public FROM PUBLIC;")
+    expect([...shown].sort()).toEqual([...granted].sort())
+  })
+
   it.live("runs the worker: delivery, retry, dead letter, 410 endpoint-disable, audit log, secret encryption", () =>
     withDb((db) =>
       Effect.scoped(Effect.gen(function*() {
@@ -124,6 +142,10 @@ describe("the least-privilege webhook_worker role (sql/roles.sql)", () => {
             archive: attempt("SELECT * FROM webhook_dead_letter_archive"),
             cleanup: attempt("SELECT cleanup_delivered_webhooks(0)"),
             ddl: attempt("CREATE TABLE webhook_worker_scratch (id int)"),
+            qualifiedDdl: attempt("CREATE TABLE public.webhook_worker_scratch (id int)"),
+            view: attempt("CREATE VIEW webhook_worker_view AS SELECT 1 AS one"),
+            fn: attempt("CREATE FUNCTION webhook_worker_fn() RETURNS int LANGUAGE sql AS 'SELECT 1'"),
+            schema: attempt("CREATE SCHEMA webhook_worker_schema"),
             migrations: attempt("INSERT INTO webhook_worker_migrations (version, name) VALUES (999, 'x')")
           })
           expect(denied).toEqual({
@@ -135,8 +157,16 @@ describe("the least-privilege webhook_worker role (sql/roles.sql)", () => {
             archive: "42501",
             cleanup: "42501",
             ddl: "42501",
+            qualifiedDdl: "42501",
+            view: "42501",
+            fn: "42501",
+            schema: "42501",
             migrations: "42501"
           })
+          const [rights] = yield* sql<{ schema_create: boolean; database_create: boolean }>`
+            SELECT has_schema_privilege(current_user, 'public', 'CREATE') AS schema_create,
+                   has_database_privilege(current_user, current_database(), 'CREATE') AS database_create`
+          expect(rights).toEqual({ schema_create: false, database_create: false })
           // What it may do: the columns a 410 writes, and the stats function.
           expect(yield* attempt(`UPDATE partner_webhooks SET enabled = true, disabled_reason = NULL, disabled_at = NULL, "updatedAt" = now()`)).toBe("ok")
           expect(yield* attempt("SELECT * FROM get_webhook_queue_stats()")).toBe("ok")

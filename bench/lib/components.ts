@@ -93,7 +93,8 @@ async (count: number, offset: number) => {
     attempt: 1,
     maxAttempts: 5,
     traceparent: null,
-    reclaimed: false
+    reclaimed: false,
+    exhausted: false
   }))
   let claimedUpTo = 0
   let completed = 0
@@ -116,6 +117,7 @@ async (count: number, offset: number) => {
         return new Set(completions.map((c) => c.id))
       }),
     release: () => Effect.void,
+    storeSecrets: () => Effect.void,
     nextDueInMs: Effect.succeed(null)
   }
   const settings = {

@@ -1,4 +1,4 @@
-import { Cause, Context, FiberRef, FiberRefs, HashMap, Inspectable, Layer, Logger, LogLevel, Option, Tracer } from "effect"
+import { Cause, Context, Effect, FiberRef, FiberRefs, HashMap, HashSet, Inspectable, Layer, Logger, LogLevel, Option, Tracer } from "effect"
 import type { LogFormat, LogLevelName } from "../config/AppConfig.js"
 
 const RANK: Record<LogLevelName, number> = { DEBUG: 10, INFO: 20, WARN: 30, ERROR: 40 }
@@ -78,6 +78,18 @@ const messageText = (parts: ReadonlyArray<unknown>): string =>
 const currentSpan = (refs: FiberRefs.FiberRefs): Option.Option<Tracer.AnySpan> =>
   Context.getOption(FiberRefs.getOrDefault(refs, FiberRef.currentContext), Tracer.ParentSpan)
 
+/** Writes one line straight to our logger, skipping the Effect logging machinery (see `directLog`). */
+export type DirectLog = (level: LogLevelName, message: string, fields: Readonly<Record<string, unknown>>) => void
+
+const DIRECT = Symbol.for("webhook-worker/Log/direct")
+
+interface WithDirect {
+  readonly [DIRECT]: DirectLog
+}
+
+const hasDirect = <A>(logger: A): logger is A & WithDirect =>
+  typeof logger === "object" && logger !== null && DIRECT in logger
+
 /**
  * One JSON object per line (journald-friendly, flat: annotations become top-level fields), or a
  * readable line for terminals. Includes the trace and span ids when a span is active, and the
@@ -89,8 +101,17 @@ export const makeLogger = (
   threshold: LogThreshold,
   output: LogOutput = stdout,
   fields: Readonly<Record<string, string | number>> = {}
-) =>
-  Logger.make(({ annotations, cause, context, date, logLevel, message }) => {
+) => {
+  const emit = (record: Record<string, unknown>) => {
+    if (format === "json") {
+      output.write(jsonText(record) + "\n")
+    } else {
+      const { level, msg, time, ...extra } = record
+      const rest = Object.entries(extra).map(([key, value]) => `${key}=${typeof value === "string" ? value : jsonText(value)}`)
+      output.write(`${String(time)} ${String(level).padEnd(5)} ${String(msg)}${rest.length > 0 ? " " + rest.join(" ") : ""}\n`)
+    }
+  }
+  const logger = Logger.make(({ annotations, cause, context, date, logLevel, message }) => {
     const level = levelName(logLevel)
     if (!threshold.allows(level)) return
     const parts = messageParts(message)
@@ -105,14 +126,29 @@ export const makeLogger = (
     if (!Cause.isEmpty(cause)) {
       record.error = threshold.allows("DEBUG") ? Cause.pretty(cause) : causeMessage(cause)
     }
-    if (format === "json") {
-      output.write(jsonText(record) + "\n")
-    } else {
-      const { level: _level, msg, time, ...extra } = record
-      const rest = Object.entries(extra).map(([key, value]) => `${key}=${typeof value === "string" ? value : jsonText(value)}`)
-      output.write(`${String(time)} ${level.padEnd(5)} ${String(msg)}${rest.length > 0 ? " " + rest.join(" ") : ""}\n`)
-    }
+    emit(record)
   })
+  const direct: DirectLog = (level, message, lineFields) => {
+    if (!threshold.allows(level)) return
+    emit({ time: new Date().toISOString(), level, msg: message, ...fields, ...lineFields })
+  }
+  return Object.assign(logger, { [DIRECT]: direct })
+}
+
+/**
+ * The direct writer of our logger when it is the only logger of the running fiber (Effect's own
+ * tracer logger aside) and INFO lines pass: a line per delivery attempt is then written without
+ * a fiber, a log event or an annotation map. Under any other logger (a host application's) it is
+ * none, and callers log through Effect as usual.
+ */
+export const directLog: Effect.Effect<Option.Option<DirectLog>> = Effect.gen(function*() {
+  const loggers = HashSet.toValues(yield* FiberRef.get(FiberRef.currentLoggers))
+  const minimum = yield* FiberRef.get(FiberRef.currentMinimumLogLevel)
+  if (LogLevel.greaterThan(minimum, LogLevel.Info)) return Option.none()
+  const ours = loggers.filter(hasDirect)
+  const others = loggers.filter((logger) => !hasDirect(logger) && logger !== Logger.tracerLogger)
+  return ours.length === 1 && others.length === 0 ? Option.some(ours[0]![DIRECT]) : Option.none()
+})
 
 // Writing a log line must never throw: bigints become strings, and an object met a second time
 // (a cycle) is written as "[Circular]".

@@ -25,6 +25,8 @@ export interface ClaimedDelivery {
   readonly traceparent: string | null
   /** Claimed from another worker's expired lease. */
   readonly reclaimed: boolean
+  /** Claimed from an expired lease with no attempts left (not counted as a new attempt): dead-lettered. */
+  readonly exhausted: boolean
 }
 
 const ClaimRow = Schema.Struct({
@@ -42,7 +44,8 @@ const ClaimRow = Schema.Struct({
   attempt: Schema.Number,
   max_attempts: Schema.Number,
   traceparent: Schema.NullOr(Schema.String),
-  reclaimed: Schema.Boolean
+  reclaimed: Schema.Boolean,
+  exhausted: Schema.Boolean
 })
 const decodeClaimRows = Schema.decodeUnknown(Schema.Array(ClaimRow))
 
@@ -60,12 +63,18 @@ export interface Completion {
   readonly reason: string
   readonly responseBody: string | null
   readonly durationMs: number
-  /** When set, the row's secret column is replaced (plaintext or old-key secrets re-encrypted). */
-  readonly storeSecret: string | null
   /** Disable this endpoint (a 410 from it). */
   readonly disableEndpoint: string | null
   /** The attempt's span when deliveries are traced: the batch write that records it links to it. */
   readonly span?: Tracer.AnySpan | undefined
+}
+
+/** A row's own secret, re-encrypted under the current key (it was plaintext or on an old key). */
+export interface SecretUpdate {
+  readonly id: string
+  readonly secret: string
+  /** The value it replaces: a value changed meanwhile (rotate-key) is left alone. */
+  readonly replaces: string
 }
 
 /** A claimed row given back unattempted (or interrupted at shutdown), due again at once. */
@@ -76,8 +85,8 @@ export interface Release {
   readonly started: boolean
 }
 
-// The claim and the batch completion are PL/pgSQL functions (migrations/0003_claim_functions.sql)
-// so their plans are kept per session instead of re-planned on every call.
+// The claim and the batch completion are PL/pgSQL functions (migrations/0004_claim_plans.sql)
+// so their plans are made once per session instead of on every call.
 const CLAIM_SQL = "SELECT * FROM webhook_claim_deliveries($1, $2, $3)"
 
 const COMPLETE_SQL = "SELECT webhook_complete_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) AS id"
@@ -100,15 +109,17 @@ SELECT (extract(epoch FROM (min(next_retry_at) - now())) * 1000)::float8 AS in_m
 FROM webhook_delivery_queue
 WHERE status IN ('pending', 'failed', 'processing') AND next_retry_at > now()`
 
-const DISABLE_ENDPOINTS_SQL = `
-UPDATE partner_webhooks
-SET enabled = false, disabled_reason = $2, disabled_at = now(), "updatedAt" = now()
-WHERE id = ANY($1::uuid[]) AND enabled`
+const STORE_SECRETS_SQL = `
+UPDATE webhook_delivery_queue q
+SET secret = s.secret
+FROM unnest($1::uuid[], $2::text[], $3::text[]) AS s(id, secret, replaces)
+WHERE q.id = s.id AND q.secret = s.replaces`
 
 export class DeliveryQueue extends Context.Tag("webhook-worker/DeliveryQueue")<DeliveryQueue, {
   readonly claim: (workerId: string, limit: number, leaseMs: number) => Effect.Effect<ReadonlyArray<ClaimedDelivery>, SqlError.SqlError>
   readonly complete: (workerId: string, completions: ReadonlyArray<Completion>, audit: boolean) => Effect.Effect<ReadonlySet<string>, SqlError.SqlError>
   readonly release: (workerId: string, releases: ReadonlyArray<Release>) => Effect.Effect<void, SqlError.SqlError>
+  readonly storeSecrets: (updates: ReadonlyArray<SecretUpdate>) => Effect.Effect<void, SqlError.SqlError>
   /** Milliseconds until the next row falls due (retry or lease expiry), if any. */
   readonly nextDueInMs: Effect.Effect<number | null, SqlError.SqlError>
 }>() {
@@ -127,30 +138,20 @@ export class DeliveryQueue extends Context.Tag("webhook-worker/DeliveryQueue")<D
         complete: (workerId, completions, audit) =>
           completions.length === 0
             ? Effect.succeed(new Set<string>())
-            : Effect.gen(function*() {
-              const rows = yield* sql.unsafe<{ id: string }>(COMPLETE_SQL, [
-                workerId,
-                completions.map((c) => c.id),
-                completions.map((c) => c.attempt),
-                completions.map((c) => c.status),
-                completions.map((c) => c.retryDelayMs),
-                completions.map((c) => c.responseStatus),
-                completions.map((c) => c.error),
-                completions.map((c) => c.reason),
-                completions.map((c) => c.responseBody),
-                completions.map((c) => c.durationMs),
-                completions.map((c) => c.storeSecret),
-                audit
-              ])
-              const gone = completions.filter((c) => c.disableEndpoint !== null)
-              if (gone.length > 0) {
-                yield* sql.unsafe(DISABLE_ENDPOINTS_SQL, [
-                  gone.map((c) => c.disableEndpoint),
-                  "HTTP 410 Gone from the receiver"
-                ])
-              }
-              return new Set(rows.map((row) => row.id))
-            }),
+            : sql.unsafe<{ id: string }>(COMPLETE_SQL, [
+              workerId,
+              completions.map((c) => c.id),
+              completions.map((c) => c.attempt),
+              completions.map((c) => c.status),
+              completions.map((c) => c.retryDelayMs),
+              completions.map((c) => c.responseStatus),
+              completions.map((c) => c.error),
+              completions.map((c) => c.reason),
+              completions.map((c) => c.responseBody),
+              completions.map((c) => c.durationMs),
+              completions.map((c) => c.disableEndpoint),
+              audit
+            ]).pipe(Effect.map((rows) => new Set(rows.map((row) => row.id)))),
         release: (workerId, releases) =>
           releases.length === 0
             ? Effect.void
@@ -159,6 +160,14 @@ export class DeliveryQueue extends Context.Tag("webhook-worker/DeliveryQueue")<D
               releases.map((r) => r.id),
               releases.map((r) => r.attempt),
               releases.map((r) => r.started)
+            ]).pipe(Effect.asVoid),
+        storeSecrets: (updates) =>
+          updates.length === 0
+            ? Effect.void
+            : sql.unsafe(STORE_SECRETS_SQL, [
+              updates.map((u) => u.id),
+              updates.map((u) => u.secret),
+              updates.map((u) => u.replaces)
             ]).pipe(Effect.asVoid),
         nextDueInMs: sql.unsafe<{ in_ms: number | null }>(NEXT_DUE_SQL).pipe(
           Effect.map((rows) => rows[0]?.in_ms ?? null)
@@ -183,5 +192,6 @@ const toClaimed = (row: typeof ClaimRow.Type): ClaimedDelivery => ({
   attempt: row.attempt,
   maxAttempts: row.max_attempts,
   traceparent: row.traceparent,
-  reclaimed: row.reclaimed
+  reclaimed: row.reclaimed,
+  exhausted: row.exhausted
 })

@@ -1,6 +1,6 @@
 import { type SqlError } from "@effect/sql"
 import { Duration, Effect, Queue, Schedule, type Tracer } from "effect"
-import { type Completion, DeliveryQueue, type Release } from "../queue/DeliveryQueue.js"
+import { type Completion, DeliveryQueue, type Release, type SecretUpdate } from "../queue/DeliveryQueue.js"
 
 export interface CompleterOptions {
   readonly workerId: string
@@ -37,6 +37,7 @@ export const make = (options: CompleterOptions) =>
     const queue = yield* DeliveryQueue
     const completions: Array<Completion> = []
     const releases: Array<Release> = []
+    const secrets: Array<SecretUpdate> = []
     const work = yield* Queue.sliding<void>(1)
     const idle = yield* Queue.sliding<void>(1)
     let writing = false
@@ -45,14 +46,20 @@ export const make = (options: CompleterOptions) =>
       write.pipe(
         Effect.tapError((error) =>
           Effect.logWarning("Recording delivery results failed; retrying").pipe(
-            Effect.annotateLogs({ error: error.message, pending: completions.length + releases.length })
+            Effect.annotateLogs({ error: error.message, pending: completions.length + releases.length + secrets.length })
           )
         ),
         Effect.retry(Schedule.exponential(Duration.millis(100), 2).pipe(Schedule.union(Schedule.spaced(Duration.seconds(5)))))
       )
 
     const writePending = Effect.gen(function*() {
-      while (completions.length > 0 || releases.length > 0) {
+      while (completions.length > 0 || releases.length > 0 || secrets.length > 0) {
+        // Before anything else: a plaintext secret is encrypted at rest as soon as possible.
+        if (secrets.length > 0) {
+          const batch = secrets.slice(0, MAX_BATCH)
+          yield* retryWrites(queue.storeSecrets(batch))
+          secrets.splice(0, batch.length)
+        }
         if (releases.length > 0) {
           const batch = releases.slice(0, MAX_BATCH)
           yield* retryWrites(queue.release(options.workerId, batch))
@@ -96,14 +103,18 @@ export const make = (options: CompleterOptions) =>
         releases.push(release)
         work.unsafeOffer(undefined)
       },
+      storeSecret: (update: SecretUpdate) => {
+        secrets.push(update)
+        work.unsafeOffer(undefined)
+      },
       /** Waits until everything recorded so far is written. */
       drain: Effect.gen(function*() {
-        while (writing || completions.length > 0 || releases.length > 0) {
+        while (writing || completions.length > 0 || releases.length > 0 || secrets.length > 0) {
           work.unsafeOffer(undefined)
           yield* Queue.take(idle)
         }
       }),
-      pending: () => completions.length + releases.length
+      pending: () => completions.length + releases.length + secrets.length
     }
   })
 

@@ -1,4 +1,4 @@
-import { Cause, Clock, Context, Duration, Effect, Either, Fiber, FiberSet, Layer, Option, Queue, Schedule, Tracer } from "effect"
+import { Cause, Context, Duration, Effect, Either, Exit, Fiber, Layer, Option, Queue, Runtime, Schedule, Tracer } from "effect"
 import { hostname } from "node:os"
 import { randomBytes } from "node:crypto"
 import { type AppSettings, requireEncryptionKey, Settings } from "../config/AppConfig.js"
@@ -16,8 +16,8 @@ import {
   SecretUndecryptable,
   WorkerDefect
 } from "../delivery/Outcome.js"
-import { DeliveryHttp, type HttpReply } from "../http/DeliveryHttp.js"
-import { LogFields } from "../observability/Log.js"
+import { type CancelAttempt, checkUrl, clientSpanAttributes, DeliveryHttp, type HttpReply, replySpanAttribute } from "../http/DeliveryHttp.js"
+import * as Log from "../observability/Log.js"
 import { Metrics, type WorkerMetrics } from "../observability/Metrics.js"
 import { userAgent } from "../PackageInfo.js"
 import { type ClaimedDelivery, type Completion, DeliveryQueue } from "../queue/DeliveryQueue.js"
@@ -62,41 +62,70 @@ export const requestBody = (row: Pick<ClaimedDelivery, "eventType" | "createdAtM
 interface Prepared {
   readonly url: string
   readonly secrets: ReadonlyArray<string>
-  /** The row's secret encrypted under the current key, when it was plaintext or on an old key. */
+}
+
+export interface Preparation {
+  /** What to send, or the attempt's outcome when it cannot be sent. */
+  readonly ready: Either.Either<Prepared, AttemptOutcome>
+  /** The row's own secret encrypted under the current key, when it is plaintext or on an old key. */
   readonly storeSecret: string | null
 }
 
 /** Everything about a row that can be judged before sending; a failure here is the attempt's outcome. */
-export const prepare = (row: ClaimedDelivery, keyring: Keyring): Either.Either<Prepared, AttemptOutcome> => {
-  if (row.attempt > row.maxAttempts) return Either.left(new AttemptsExhausted({ attempts: row.maxAttempts }))
+export const prepare = (row: ClaimedDelivery, keyring: Keyring): Preparation => {
+  // Whatever becomes of the attempt, a producer's plaintext secret does not stay at rest.
+  const own = row.secretFromRow && row.secret !== null && row.secret !== "" ? keyring.decrypt(row.secret) : undefined
+  const storeSecret = own !== undefined && Either.isRight(own) && keyring.needsEncryption(row.secret!) ? keyring.encrypt(own.right) : null
+  const fail = (outcome: AttemptOutcome): Preparation => ({ ready: Either.left(outcome), storeSecret })
+  if (row.exhausted || row.attempt > row.maxAttempts) return fail(new AttemptsExhausted({ attempts: row.maxAttempts }))
   if (row.endpointId !== null && row.endpointEnabled === false) {
-    return Either.left(new EndpointDisabled({ reason: `endpoint ${row.endpointId} is disabled` }))
+    return fail(new EndpointDisabled({ reason: `endpoint ${row.endpointId} is disabled` }))
   }
   if (row.url === null || row.url.trim() === "") {
-    return Either.left(new InvalidUrl({ reason: "the row has no url and no registered endpoint" }))
+    return fail(new InvalidUrl({ reason: "the row has no url and no registered endpoint" }))
   }
   if (row.secret === null || row.secret === "") {
-    return Either.left(new SecretUndecryptable({ reason: "the row has no secret and no registered endpoint" }))
+    return fail(new SecretUndecryptable({ reason: "the row has no secret and no registered endpoint" }))
   }
-  const secret = keyring.decrypt(row.secret)
-  if (Either.isLeft(secret)) return Either.left(secret.left)
+  const secret = own ?? keyring.decrypt(row.secret)
+  if (Either.isLeft(secret)) return fail(secret.left)
   const secrets = [secret.right]
   if (row.previousSecret !== null) {
     Either.map(keyring.decrypt(row.previousSecret), (previous) => secrets.push(previous))
   }
-  return Either.right({
-    url: row.url,
-    secrets,
-    storeSecret: row.secretFromRow && keyring.needsEncryption(row.secret) ? keyring.encrypt(secret.right) : null
-  })
+  return { ready: Either.right({ url: row.url, secrets }), storeSecret }
 }
 
 const statusOf = (decision: Decision) =>
   decision._tag === "Deliver" ? "delivered" as const : decision._tag === "Retry" ? "failed" as const : "dead_letter" as const
 
+const DELIVER: Decision = { _tag: "Deliver" }
+
 const SETTLE_MS = 15
 
-/** Runs the worker until its scope closes; then drains (see `drain` below). */
+/** One attempt under way. */
+interface Attempt {
+  readonly row: ClaimedDelivery
+  readonly startedMs: number
+  readonly settings: AppSettings
+  readonly span: Tracer.Span | undefined
+  cancel: CancelAttempt
+  /** Recorded, or handed back at shutdown: nothing more happens to it. */
+  done: boolean
+}
+
+const noCancel: CancelAttempt = () => undefined
+
+/**
+ * Runs the worker until its scope closes; then drains (see the finalizer below).
+ *
+ * The claim loop is a fiber; each attempt is not. An attempt is a chain of callbacks (prepare,
+ * sign, undici dispatch, record) that hands its result to the completer's queue: a fiber per
+ * delivery cost about 20 µs of CPU, a tenth of everything else the worker does for it. What
+ * structured concurrency gives a fiber, this loop does by hand: every attempt is in `attempts`
+ * until it is recorded, the finalizer waits for them within the grace period and cancels and
+ * hands back the rest, and a defect in an attempt becomes its outcome.
+ */
 export const run = Effect.gen(function*() {
   const settings = yield* Settings
   const queue = yield* DeliveryQueue
@@ -105,10 +134,19 @@ export const run = Effect.gen(function*() {
   const metrics = yield* Metrics
   const { instance, workerId } = yield* WorkerIdentity
   const tracing = yield* TraceDeliveries
+  const tracer = yield* Effect.tracer
+  const clock = yield* Effect.clock
+  // Retry decisions step the retry Schedule with this fiber's services (its Random, its Clock).
+  const runSync = Runtime.runSync(yield* Effect.runtime<never>())
+  const logAttempt = yield* attemptLogger
 
   const wake = yield* Queue.sliding<void>(1)
   const capacity = yield* Queue.sliding<void>(1)
-  let inFlight = 0
+  const idle = yield* Queue.sliding<void>(1)
+  const attempts = new Set<Attempt>()
+  // Free slots the claim loop waits for (0: not waiting); while draining, the last attempt signals.
+  let capacityWanted = 0
+  let draining = false
 
   const initial = yield* settings.get
   // Fail at start, not on the first row: every delivery needs the key.
@@ -132,77 +170,90 @@ export const run = Effect.gen(function*() {
       })
   })
 
-  const deliveries = yield* FiberSet.make<void>()
+  const nowNanos = () => clock.unsafeCurrentTimeNanos()
 
-  const deliverOne = (row: ClaimedDelivery) =>
-    Effect.gen(function*() {
-      const s = current
+  const begin = (row: ClaimedDelivery) => {
+    const s = current
+    const attempt: Attempt = { row, startedMs: performance.now(), settings: s, span: tracing ? startSpan(tracer, nowNanos(), row) : undefined, cancel: noCancel, done: false }
+    attempts.add(attempt)
+    try {
       const keyring = Option.getOrThrowWith(keyringOf(s), () => new Error("WEBHOOK_SECRET_ENCRYPTION_KEY is not set"))
-      const started = performance.now()
-      const prepared = prepare(row, keyring)
-      let reply: HttpReply
-      if (Either.isLeft(prepared)) {
-        reply = { outcome: prepared.left, responseBody: null }
-      } else {
-        const body = requestBody(row)
-        const timestamp = Math.floor((yield* Clock.currentTimeMillis) / 1000)
-        const headers: Record<string, string> = {
-          "webhook-id": row.id,
-          "webhook-timestamp": String(timestamp),
-          "webhook-signature": signatureHeader(prepared.right.secrets, row.id, timestamp, body),
-          "user-agent": userAgent
-        }
-        if (tracing) {
-          const span = yield* Effect.currentSpan.pipe(Effect.option)
-          if (Option.isSome(span)) headers.traceparent = traceparentOf(span.value)
-        }
-        reply = yield* http.send({
-          url: prepared.right.url,
-          body,
-          timeoutMs: s.deliveryTimeoutMs,
-          allowPrivateNetworks: s.allowPrivateNetworks,
-          headers
-        })
+      const { ready, storeSecret } = prepare(row, keyring)
+      if (storeSecret !== null) completer.storeSecret({ id: row.id, secret: storeSecret, replaces: row.secret! })
+      if (Either.isLeft(ready)) return settle(attempt, { outcome: ready.left, responseBody: null })
+      const body = requestBody(row)
+      const timestamp = Math.floor(clock.unsafeCurrentTimeMillis() / 1000)
+      const headers: Record<string, string> = {
+        "webhook-id": row.id,
+        "webhook-timestamp": String(timestamp),
+        "webhook-signature": signatureHeader(ready.right.secrets, row.id, timestamp, body),
+        "user-agent": userAgent
       }
-      const durationMs = performance.now() - started
-      yield* record(row, reply, durationMs, Either.isRight(prepared) ? prepared.right.storeSecret : null, s)
-    }).pipe(
-      (attempt) => (tracing ? traced(row, attempt) : attempt),
-      Effect.catchAllDefect((defect) =>
-        record(
-          row,
-          { outcome: new WorkerDefect({ detail: defect instanceof Error ? defect.message : String(defect) }), responseBody: null },
-          0,
-          null,
-          current
-        )
-      ),
-      Effect.onInterrupt(() => Effect.sync(() => completer.release({ id: row.id, attempt: row.attempt, started: true })))
-    )
+      const request = { url: ready.right.url, body, timeoutMs: s.deliveryTimeoutMs, allowPrivateNetworks: s.allowPrivateNetworks, headers }
+      if (attempt.span === undefined) {
+        attempt.cancel = http.start(request, (reply) => settle(attempt, reply))
+        return
+      }
+      headers.traceparent = traceparentOf(attempt.span)
+      const call = startClientSpan(tracer, nowNanos(), attempt.span, checkUrl(request.url, request.allowPrivateNetworks))
+      attempt.cancel = http.start(request, (reply) => {
+        if (call !== undefined) {
+          call.attribute(...replySpanAttribute(reply))
+          call.end(nowNanos(), Exit.void)
+        }
+        settle(attempt, reply)
+      })
+    } catch (defect) {
+      settle(attempt, { outcome: new WorkerDefect({ detail: defect instanceof Error ? defect.message : String(defect) }), responseBody: null })
+    }
+  }
 
-  const record = (row: ClaimedDelivery, reply: HttpReply, durationMs: number, storeSecret: string | null, s: AppSettings) =>
-    Effect.gen(function*() {
-      const outcome = reply.outcome
-      const decision = yield* decide(outcome, row.attempt, row.maxAttempts, s)
-      const status = statusOf(decision)
+  const settle = (attempt: Attempt, reply: HttpReply) => {
+    if (attempt.done) return
+    attempt.done = true
+    attempts.delete(attempt)
+    const { row, settings: s, span } = attempt
+    const durationMs = performance.now() - attempt.startedMs
+    const outcome = reply.outcome
+    try {
+      const decision = outcome._tag === "Delivered" ? DELIVER : runSync(decide(outcome, row.attempt, row.maxAttempts, s))
       const completion: Completion = {
         id: row.id,
         attempt: row.attempt,
-        status,
+        status: statusOf(decision),
         retryDelayMs: decision._tag === "Retry" ? Duration.toMillis(decision.delay) : null,
         responseStatus: responseStatusOf(outcome),
         error: describe(outcome),
         reason: reasonOf(outcome),
         responseBody: reply.responseBody,
         durationMs,
-        storeSecret,
         disableEndpoint: outcome._tag === "Gone" && row.endpointId !== null ? row.endpointId : null,
-        span: tracing ? Option.getOrUndefined(yield* Effect.option(Effect.currentSpan)) : undefined
+        span
       }
       completer.record(completion)
       observe(metrics, row, completion)
-      if (tracing) yield* Effect.annotateCurrentSpan(spanResultAttributes(completion))
-      yield* Effect.logInfo("Delivering webhook", new LogFields(attemptLogFields(row, completion)))
+      if (span !== undefined) {
+        for (const [key, value] of Object.entries(spanResultAttributes(completion))) span.attribute(key, value)
+        span.end(nowNanos(), Exit.void)
+      }
+      logAttempt(attemptLogFields(row, completion, span))
+    } catch (defect) {
+      // Only a bug gets here; the row's lease runs out and another attempt follows.
+      logAttempt({ delivery_id: row.id, attempt: row.attempt, outcome: "unrecorded", error: defect instanceof Error ? defect.message : String(defect) })
+    }
+    metrics.inFlight(attempts.size)
+    if (capacityWanted > 0 && current.maxConcurrentDeliveries - attempts.size >= capacityWanted) {
+      capacityWanted = 0
+      capacity.unsafeOffer(undefined)
+    }
+    if (draining && attempts.size === 0) idle.unsafeOffer(undefined)
+  }
+
+  const waitForCapacity = (slots: number) =>
+    Effect.suspend(() => {
+      if (current.maxConcurrentDeliveries - attempts.size >= slots) return Effect.void
+      capacityWanted = slots
+      return Queue.take(capacity)
     })
 
   const claimRetry = Schedule.exponential(Duration.millis(100), 2).pipe(Schedule.union(Schedule.spaced(Duration.seconds(5))))
@@ -216,17 +267,27 @@ export const run = Effect.gen(function*() {
     while (true) {
       metrics.loopHeartbeat()
       current = yield* settings.get
-      const free = current.maxConcurrentDeliveries - inFlight
-      if (free <= 0) {
-        yield* Queue.take(capacity)
-        continue
-      }
-      if (!backlog) {
+      const slots = current.maxConcurrentDeliveries
+      const free = slots - attempts.size
+      if (backlog) {
+        // While rows wait, claim in full batches (fewer, cheaper claims) but early enough that the
+        // HTTP slots never run dry: once a batch's worth is free, or half the slots when the
+        // batch is larger than that.
+        const refillAt = Math.max(1, Math.min(current.batchSize, Math.floor(slots / 2)))
+        if (free < refillAt) {
+          yield* waitForCapacity(refillAt)
+          continue
+        }
+      } else {
+        if (free <= 0) {
+          yield* waitForCapacity(1)
+          continue
+        }
         const woken = yield* Queue.take(wake).pipe(Effect.timeoutOption(Duration.millis(waitMs)))
         settle = Option.isSome(woken)
         current = yield* settings.get
       }
-      const limit = Math.min(current.batchSize, current.maxConcurrentDeliveries - inFlight)
+      const limit = Math.min(current.batchSize, current.maxConcurrentDeliveries - attempts.size)
       if (limit <= 0) continue
       // Claim and start as one step, so shutdown never strands claimed rows between the two.
       const claimed = yield* Effect.uninterruptible(
@@ -237,25 +298,12 @@ export const run = Effect.gen(function*() {
             Effect.logWarning("Claiming deliveries failed; retrying").pipe(Effect.annotateLogs({ error: error.message }))
           ),
           Effect.retry(claimRetry),
-          Effect.tap((rows) =>
-            Effect.forEach(rows, (row) => {
-              inFlight++
-              // Forked from the uninterruptible claim step: make the attempt itself interruptible,
-              // so the shutdown grace period can cut it short.
-              return FiberSet.run(deliveries, Effect.interruptible(deliverOne(row)).pipe(
-                Effect.ensuring(Effect.sync(() => {
-                  inFlight--
-                  metrics.inFlight(inFlight)
-                  capacity.unsafeOffer(undefined)
-                }))
-              ))
-            }, { discard: true })
-          )
+          Effect.tap((rows) => Effect.sync(() => rows.forEach(begin)))
         )
       )
       if (claimed.length > 0) {
         metrics.claimed(claimed.length)
-        metrics.inFlight(inFlight)
+        metrics.inFlight(attempts.size)
         const reclaimed = claimed.filter((row) => row.reclaimed).length
         if (reclaimed > 0) metrics.leasesReclaimed(reclaimed)
       }
@@ -289,18 +337,25 @@ export const run = Effect.gen(function*() {
     Effect.gen(function*() {
       yield* Fiber.interrupt(loop)
       const grace = Duration.millis(current.shutdownGracePeriodMs)
-      const running = yield* FiberSet.size(deliveries)
-      if (running > 0) {
-        yield* Effect.logInfo("Stopping: waiting for in-flight deliveries").pipe(Effect.annotateLogs({ in_flight: running }))
-      }
-      // Finalizers run uninterruptibly; the waits must be interruptible for their timeouts to bite.
-      const finished = yield* Effect.interruptible(FiberSet.awaitEmpty(deliveries)).pipe(Effect.timeoutOption(grace))
-      if (Option.isNone(finished)) {
-        const left = yield* FiberSet.size(deliveries)
-        yield* Effect.logWarning("Grace period over: handing back unfinished deliveries").pipe(
-          Effect.annotateLogs({ handed_back: left })
-        )
-        yield* FiberSet.clear(deliveries)
+      draining = true
+      if (attempts.size > 0) {
+        yield* Effect.logInfo("Stopping: waiting for in-flight deliveries").pipe(Effect.annotateLogs({ in_flight: attempts.size }))
+        // Finalizers run uninterruptibly; the wait must be interruptible for its timeout to bite.
+        const finished = yield* Effect.interruptible(Queue.take(idle)).pipe(Effect.timeoutOption(grace))
+        if (Option.isNone(finished) && attempts.size > 0) {
+          yield* Effect.logWarning("Grace period over: handing back unfinished deliveries").pipe(
+            Effect.annotateLogs({ handed_back: attempts.size })
+          )
+          for (const attempt of attempts) {
+            attempt.done = true
+            attempt.cancel()
+            attempt.span?.end(nowNanos(), Exit.void)
+            // It stays counted: the request may have reached the receiver.
+            completer.release({ id: attempt.row.id, attempt: attempt.row.attempt, started: true })
+          }
+          attempts.clear()
+          metrics.inFlight(0)
+        }
       }
       const drained = yield* Effect.interruptible(completer.drain).pipe(Effect.timeoutOption(Duration.seconds(10)))
       if (Option.isNone(drained)) {
@@ -317,25 +372,67 @@ export const run = Effect.gen(function*() {
 )
 
 /**
+ * The per-attempt "Delivering webhook" line. Under our own logger it is written directly (one
+ * JSON line, no fiber); under any other (a host application's) it goes through Effect's logger
+ * from a fiber of its own, with the fields as annotations so every logger prints them.
+ */
+const attemptLogger = Effect.gen(function*() {
+  const direct = yield* Log.directLog
+  if (Option.isSome(direct)) {
+    const write = direct.value
+    return (fields: Record<string, unknown>) => write("INFO", "Delivering webhook", { service: "worker", ...fields })
+  }
+  const pending: Array<Record<string, unknown>> = []
+  const signal = yield* Queue.sliding<void>(1)
+  const flush = Effect.suspend(() =>
+    Effect.forEach(pending.splice(0), (fields) => Effect.logInfo("Delivering webhook").pipe(Effect.annotateLogs(fields)), { discard: true })
+  )
+  yield* Effect.forkScoped(Effect.forever(Queue.take(signal).pipe(Effect.zipRight(flush))))
+  yield* Effect.addFinalizer(() => flush)
+  return (fields: Record<string, unknown>) => {
+    pending.push(fields)
+    signal.unsafeOffer(undefined)
+  }
+})
+
+/**
  * One span per attempt. With the producer's stored traceparent it is a child of (and linked to)
  * the producer's span, so one trace shows the request that caused the webhook and every attempt;
  * without one it is a root span.
  */
-const traced = <A, E, R>(row: ClaimedDelivery, attempt: Effect.Effect<A, E, R>) => {
+const startSpan = (tracer: Tracer.Tracer, startTime: bigint, row: ClaimedDelivery): Tracer.Span => {
   const links = producerLink(row.traceparent)
-  return Effect.withSpan(attempt, "webhook.deliver", {
-    ...(links[0] === undefined ? { root: true } : { parent: links[0].span }),
-    kind: "producer",
+  const span = tracer.span(
+    "webhook.deliver",
+    links[0] === undefined ? Option.none() : Option.some(links[0].span),
+    Context.empty(),
     links,
-    attributes: definedOnly({
-      "webhook.id": row.id,
-      "webhook.event_type": row.eventType,
-      "webhook.attempt": row.attempt,
-      "webhook.max_attempts": row.maxAttempts,
-      "webhook.endpoint_id": row.endpointId,
-      "server.address": destinationHost(row.url)
-    })
+    startTime,
+    "producer"
+  )
+  const attributes = definedOnly({
+    "webhook.id": row.id,
+    "webhook.event_type": row.eventType,
+    "webhook.attempt": row.attempt,
+    "webhook.max_attempts": row.maxAttempts,
+    "webhook.endpoint_id": row.endpointId,
+    "server.address": destinationHost(row.url)
   })
+  for (const [key, value] of Object.entries(attributes)) span.attribute(key, value)
+  return span
+}
+
+/** The attempt's HTTP call, as a client span under it (none for a URL refused before sending). */
+const startClientSpan = (
+  tracer: Tracer.Tracer,
+  startTime: bigint,
+  parent: Tracer.Span,
+  url: ReturnType<typeof checkUrl>
+): Tracer.Span | undefined => {
+  if (!(url instanceof URL)) return undefined
+  const span = tracer.span("http.client POST", Option.some(parent), Context.empty(), [], startTime, "client")
+  for (const [key, value] of Object.entries(clientSpanAttributes(url))) span.attribute(key, value)
+  return span
 }
 
 const spanResultAttributes = (completion: Completion): Record<string, unknown> =>
@@ -351,7 +448,7 @@ const spanResultAttributes = (completion: Completion): Record<string, unknown> =
 const definedOnly = (attributes: Record<string, unknown>): Record<string, unknown> =>
   Object.fromEntries(Object.entries(attributes).filter(([, value]) => value !== undefined && value !== null))
 
-const attemptLogFields = (row: ClaimedDelivery, completion: Completion) => {
+const attemptLogFields = (row: ClaimedDelivery, completion: Completion, span: Tracer.Span | undefined) => {
   const fields: Record<string, unknown> = {
     delivery_id: row.id,
     event_type: row.eventType,
@@ -365,18 +462,30 @@ const attemptLogFields = (row: ClaimedDelivery, completion: Completion) => {
   }
   if (completion.retryDelayMs !== null) fields.next_retry_in_s = Math.round(completion.retryDelayMs / 100) / 10
   if (completion.error !== null) fields.error = completion.error
+  if (span !== undefined) {
+    fields.trace_id = span.traceId
+    fields.span_id = span.spanId
+  }
   return fields
 }
+
+const hosts = new Map<string, string>()
 
 /** Only the host of a destination is logged: paths often carry tokens (e.g. chat webhooks). */
 export const destinationHost = (url: string | null): string | null => {
   if (url === null) return null
-  try {
-    return new URL(url).host
-  } catch {
-    // Never the text itself: a malformed URL may still carry a token.
-    return "(invalid URL)"
+  let host = hosts.get(url)
+  if (host === undefined) {
+    try {
+      host = new URL(url).host
+    } catch {
+      // Never the text itself: a malformed URL may still carry a token.
+      host = "(invalid URL)"
+    }
+    if (hosts.size >= 10_000) hosts.clear()
+    hosts.set(url, host)
   }
+  return host
 }
 
 const observe = (metrics: WorkerMetrics, row: ClaimedDelivery, completion: Completion) => {

@@ -233,8 +233,12 @@ describe("every outcome of SPEC.md, end to end", () => {
       const byType = yield* eventually(Effect.map(rows, (all) => ([...all.values()].every(settled) ? all : undefined)), "leases recovered")
       yield* stop
       expect(byType.get("orphan")).toMatchObject({ id: orphan!.id, status: "delivered", attempt_count: 2 })
-      expect(byType.get("exhausted")).toMatchObject({ id: exhausted!.id, status: "dead_letter", attempt_count: 4 })
+      // Not counted as a fourth attempt: attempt_count never exceeds max_attempts.
+      expect(byType.get("exhausted")).toMatchObject({ id: exhausted!.id, status: "dead_letter", attempt_count: 3 })
       expect(byType.get("exhausted")!.last_error).toMatch(/^no attempts left/)
       expect(receiver.requests.map((r) => r.headers["webhook-id"])).toEqual([orphan!.id])
+      // Never sent, yet its plaintext secret does not stay at rest.
+      const secrets = yield* sql<{ secret: string }>`SELECT secret FROM webhook_delivery_queue WHERE id = ${exhausted!.id}`
+      expect(secrets[0]!.secret).toMatch(/^enc:v1:/)
     })))
 })

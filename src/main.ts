@@ -1,5 +1,5 @@
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 import { runProgram } from "./cli/Program.js"
 
 // The binary: the CLI on this process's argv, environment and streams; its status is the exit code.

@@ -1,4 +1,5 @@
-import { Data, Effect } from "effect"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
 import { type CliIO, say } from "./CliEnvironment.js"
 
 /** Bad command-line input; `flag` names the culprit. Exit status 2. */

@@ -1,4 +1,6 @@
-import { Effect, Layer, Option } from "effect"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import { requireEncryptionKey } from "../config/AppConfig.js"
 import * as LiveSettings from "../config/LiveSettings.js"
 import { databaseFor } from "../db/Connect.js"

@@ -1,4 +1,10 @@
-import { Effect, Equal, Layer, Option, Redacted, Ref, Runtime } from "effect"
+import * as Effect from "effect/Effect"
+import * as Equal from "effect/Equal"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Ref from "effect/Ref"
+import * as Runtime from "effect/Runtime"
 import { type AppSettings, type ConfigInvalid, restartOnlySettings, Settings } from "./AppConfig.js"
 
 const comparable = (value: unknown): unknown => {

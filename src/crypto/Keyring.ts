@@ -1,4 +1,7 @@
-import { Data, Either, Option, Redacted } from "effect"
+import * as Data from "effect/Data"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto"
 import { type AppSettings, decodeEncryptionKey } from "../config/AppConfig.js"
 

@@ -1,5 +1,9 @@
-import { SqlClient, type SqlError } from "@effect/sql"
-import { Duration, Effect, Either, Option } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import type * as SqlError from "@effect/sql/SqlError"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
 import { type Keyring, storedKeyId } from "./Keyring.js"
 
 /**

@@ -1,5 +1,8 @@
-import { PgClient } from "@effect/sql-pg"
-import { Duration, Effect, Option, Redacted } from "effect"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import type { AppSettings } from "../config/AppConfig.js"
 import { ConfigInvalid } from "../config/AppConfig.js"
 

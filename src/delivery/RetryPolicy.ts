@@ -1,4 +1,8 @@
-import { Chunk, Duration, Effect, Option, Schedule } from "effect"
+import * as Chunk from "effect/Chunk"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
 
 export interface RetrySettings {
   readonly retryBaseDelayMs: number

@@ -1,4 +1,8 @@
-import { ConfigProvider, Duration, Effect, Option, Redacted } from "effect"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import { type AppSettings, ConfigInvalid, load, requireEncryptionKey } from "../config/AppConfig.js"
 
 /**

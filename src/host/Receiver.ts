@@ -1,4 +1,4 @@
-import { Either } from "effect"
+import * as Either from "effect/Either"
 import { SignatureInvalid, TOLERANCE_SECONDS, verify } from "../signing/Signer.js"
 
 export { SignatureInvalid } from "../signing/Signer.js"

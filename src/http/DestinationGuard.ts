@@ -1,4 +1,4 @@
-import { Option } from "effect"
+import * as Option from "effect/Option"
 import { lookup as dnsLookup, type LookupAddress, type LookupOptions } from "node:dns"
 import { isIP } from "node:net"
 

@@ -1,4 +1,6 @@
-import { NodeSdk, Resource, Tracer } from "@effect/opentelemetry"
+import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
+import * as Resource from "@effect/opentelemetry/Resource"
+import * as Tracer from "@effect/opentelemetry/Tracer"
 import type { Context as OtelContext, Link, SpanKind, Attributes } from "@opentelemetry/api"
 import { trace } from "@opentelemetry/api"
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
@@ -16,7 +18,7 @@ import {
   type SpanProcessor,
   TraceIdRatioBasedSampler
 } from "@opentelemetry/sdk-trace-base"
-import { Layer } from "effect"
+import * as Layer from "effect/Layer"
 import { hostname } from "node:os"
 import type { AppSettings } from "../config/AppConfig.js"
 import { version } from "../PackageInfo.js"

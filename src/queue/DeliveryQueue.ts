@@ -1,5 +1,10 @@
-import { SqlClient, type SqlError } from "@effect/sql"
-import { Context, Effect, Layer, Schema, type Tracer } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import type * as SqlError from "@effect/sql/SqlError"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
+import type * as Tracer from "effect/Tracer"
 
 /** A row claimed by this worker, with what delivering it needs. */
 export interface ClaimedDelivery {

@@ -1,5 +1,10 @@
-import { SqlClient, type SqlError } from "@effect/sql"
-import { Data, Duration, Effect, Either, Option } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import type * as SqlError from "@effect/sql/SqlError"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
 import { randomBytes } from "node:crypto"
 import type { Keyring } from "../crypto/Keyring.js"
 

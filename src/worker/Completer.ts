@@ -1,5 +1,9 @@
-import { type SqlError } from "@effect/sql"
-import { Duration, Effect, Queue, Schedule, type Tracer } from "effect"
+import type * as SqlError from "@effect/sql/SqlError"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import type * as Tracer from "effect/Tracer"
 import { type Completion, DeliveryQueue, type Release, type SecretUpdate } from "../queue/DeliveryQueue.js"
 
 export interface CompleterOptions {

@@ -1,4 +1,5 @@
-import { Effect, Layer } from "effect"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import type { Settings } from "../config/AppConfig.js"
 import { ensureMigrated } from "../db/Migrator.js"
 import * as DeliveryHttp from "../http/DeliveryHttp.js"

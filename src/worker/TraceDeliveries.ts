@@ -1,4 +1,4 @@
-import { Context } from "effect"
+import * as Context from "effect/Context"
 
 /**
  * Whether deliveries are traced: one root span per attempt (linked to the producer's trace), and

@@ -20,11 +20,12 @@ import { builtChild, type Child, projectRoot, spawnNode } from "./children.js"
 import { envelope, EVENT_TYPE, eventData, GRAPHILE_TASK, type PeerEvent, PGBOSS_QUEUE, SECRET } from "./common.js"
 import { urlFor } from "./db.js"
 
-export const SYSTEMS = ["ours", "graphile", "graphile-batch", "pgboss"] as const
+export const SYSTEMS = ["ours", "ours-defaults", "graphile", "graphile-batch", "pgboss"] as const
 export type SystemName = (typeof SYSTEMS)[number]
 
 export const LABELS: Record<SystemName, string> = {
-  ours: "webhook-worker (ours)",
+  ours: "webhook-worker (ours), WORKER_BATCH_SIZE = concurrency",
+  "ours-defaults": "webhook-worker (ours), product defaults (WORKER_BATCH_SIZE 10)",
   graphile: "graphile-worker 0.17.3 defaults",
   "graphile-batch": "graphile-worker 0.17.3 + localQueue 500 + batched completion",
   pgboss: "pg-boss 12.38.0 notify + batch 10 + burst"
@@ -88,8 +89,15 @@ const freePort = () =>
 
 const probeArgs = () => ["--import", builtChild("probe")]
 
-export const ours = (targetUrl: string, mode: DestinationMode): System => ({
-  name: "ours",
+/** The Node flags our launcher's shebang sets (`#!/usr/bin/env -S node FLAGS --`): ours runs as installed. */
+const launcherFlags = (): ReadonlyArray<string> => {
+  const shebang = readFileSync(join(projectRoot, "bin", "webhook-worker.js"), "utf8").split("\n", 1)[0] ?? ""
+  const match = /^#!\/usr\/bin\/env -S node (.*?)\s*--$/.exec(shebang)
+  return match?.[1] === undefined || match[1] === "" ? [] : match[1].split(/\s+/)
+}
+
+export const ours = (targetUrl: string, mode: DestinationMode, name: "ours" | "ours-defaults" = "ours"): System => ({
+  name,
   open: async (database, producerPool) => {
     const runtime = ManagedRuntime.make(Database.layer({
       url: Redacted.make(urlFor(database)),
@@ -147,6 +155,7 @@ export const ours = (targetUrl: string, mode: DestinationMode): System => ({
       logFile: options.logFile,
       ipc: false,
       nodeArgs: [
+        ...launcherFlags(),
         ...probeArgs(),
         ...(options.cpuProfileDir === undefined ? [] : ["--cpu-prof", "--cpu-prof-dir", options.cpuProfileDir])
       ],
@@ -295,7 +304,8 @@ const pgboss: System = {
 export const makeSystem = (name: SystemName, targetUrl: string, mode: DestinationMode): System => {
   switch (name) {
     case "ours":
-      return ours(targetUrl, mode)
+    case "ours-defaults":
+      return ours(targetUrl, mode, name)
     case "graphile":
     case "graphile-batch":
       return graphile(name)

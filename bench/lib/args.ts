@@ -14,7 +14,7 @@ export interface BenchOptions {
   readonly n: number
   readonly repeats: number
   readonly concurrency: number
-  /** WORKER_BATCH_SIZE for our worker; undefined = the product default. */
+  /** WORKER_BATCH_SIZE of `ours`; undefined = the concurrency. */
   readonly batchSize: number | undefined
   readonly destination: DestinationMode
   readonly rates: ReadonlyArray<number>
@@ -49,7 +49,7 @@ export const usage = `Usage: npm run bench -- [flags]
   --n N                   burn-down rows (default 20000)
   --repeats R             interleaved repeats, medians reported (default 3)
   --concurrency C         deliveries in flight, every system (default 50)
-  --batch-size B          WORKER_BATCH_SIZE of our worker (default: the product default)
+  --batch-size B          WORKER_BATCH_SIZE of "ours" (default: the concurrency; "ours-defaults" runs the product default, 10)
   --destination url|endpoint  our rows: per-row URL + secret (default), or one registered endpoint
   --rates LIST            latency phase enqueue rates per second (default 100,1000)
   --latency-seconds S     length of each latency phase (default 10)

@@ -95,7 +95,7 @@ export const burnDown = async (ctx: Context, name: SystemName, repeat: number): 
   let queue: Queue | undefined
   let poller: { client: Pg.Client; pid: number } | undefined
   let sampler: NodeJS.Timeout | undefined
-  const profileDir = ctx.options.cpuProfile && name === "ours" ? join(ctx.logDir, `prof-${name}-${repeat}`) : undefined
+  const profileDir = ctx.options.cpuProfile && name.startsWith("ours") ? join(ctx.logDir, `prof-${name}-${repeat}`) : undefined
   try {
     queue = await system.open(database, 4)
     await queue.enqueueBulk(0, n)
@@ -121,7 +121,7 @@ export const burnDown = async (ctx: Context, name: SystemName, repeat: number): 
       concurrency,
       logFile: workerLog,
       probeFile,
-      env: ourWorkerEnv(ctx),
+      env: ourWorkerEnv(ctx, name),
       cpuProfileDir: profileDir
     })
     const worker = child
@@ -179,7 +179,7 @@ export const burnDown = async (ctx: Context, name: SystemName, repeat: number): 
     const machineBusyMs = machine1.busyMs - machine0.busyMs
     const otherMs = machineBusyMs - workerMs - receiverMs - harnessMs - pg.backendsMs - pg.auxiliaryMs
     const probe = readProbe(probeFile)
-    const logBytes = name === "ours" ? fileSize(workerLog) : null
+    const logBytes = name.startsWith("ours") ? fileSize(workerLog) : null
     const profile = profileDir === undefined ? undefined : profileOf(profileDir, startMonoUs, endMonoUs)
     return {
       system: name,

@@ -200,7 +200,7 @@ export const components = async (ctx: BenchContext): Promise<ReadonlyArray<Compo
       }))
     await http.dispose()
 
-    const batch = ctx.options.batchSize ?? defaults.batchSize
+    const batch = ctx.options.batchSize ?? ctx.options.concurrency
     await record("worker", "Worker.layer on an in-memory queue (1 ms round trips), LOG_LEVEL=INFO", workerRun(url, concurrency, batch, "INFO", true, logFd))
     await record("worker-warn", "the same, LOG_LEVEL=WARN (no per-attempt log line)", workerRun(url, concurrency, batch, "WARN", true, logFd))
     await record("worker-bare", "the same, LOG_LEVEL=WARN and no-op metrics", workerRun(url, concurrency, batch, "WARN", false, logFd))

@@ -22,9 +22,13 @@ export const logFile = (ctx: Context, label: string): string => join(ctx.logDir,
 export const systemOf = (ctx: Context, name: SystemName, mode: DestinationMode = ctx.options.destination): System =>
   makeSystem(name, ctx.receiver.url, mode)
 
-/** Extra environment of our worker from the flags (WORKER_BATCH_SIZE, NODE_OPTIONS). */
-export const ourWorkerEnv = (ctx: Context): Record<string, string> => ({
-  ...(ctx.options.batchSize === undefined ? {} : { WORKER_BATCH_SIZE: String(ctx.options.batchSize) }),
+/**
+ * Extra environment of our worker (WORKER_BATCH_SIZE, NODE_OPTIONS). `ours` claims as many rows
+ * as deliveries may be in flight (`--batch-size`, default the concurrency): the batching setting,
+ * as graphile-batch is graphile-worker's; `ours-defaults` runs with the product's defaults.
+ */
+export const ourWorkerEnv = (ctx: Context, name: SystemName = "ours"): Record<string, string> => ({
+  ...(name === "ours" ? { WORKER_BATCH_SIZE: String(ctx.options.batchSize ?? ctx.options.concurrency) } : {}),
   ...(ctx.options.workerNodeOptions === undefined ? {} : { NODE_OPTIONS: ctx.options.workerNodeOptions })
 })
 

@@ -143,7 +143,7 @@ export const latency = async (ctx: Context, name: SystemName, repeat: number): P
       concurrency: ctx.options.concurrency,
       logFile: logFile(ctx, `latency-${name}-r${repeat}`),
       probeFile: "",
-      env: ourWorkerEnv(ctx),
+      env: ourWorkerEnv(ctx, name),
       cpuProfileDir: undefined
     })
     if (!(await system.waitReady(worker, 30_000))) {

@@ -11,6 +11,11 @@
 --    (attempt_count never exceeds max_attempts); `exhausted` tells the worker to dead-letter it.
 -- 3. A 410 disables the endpoint in the same statement that records the attempt, and only when
 --    that record held (the worker still had the lease).
+-- 4. Both commit without waiting for the WAL flush (synchronous_commit off for their own
+--    transaction only). What a server crash can lose is then the last few milliseconds of claims
+--    or results, and either way the row is claimed and delivered again (the same webhook-id):
+--    the queue's at-least-once promise holds, and a claim no longer waits for an fsync (measured:
+--    milliseconds off every wake-up, and a tenth of the server's CPU per claim).
 -- Secrets a producer wrote in plaintext are now re-encrypted by their own statement right after
 -- the claim, so the completion no longer carries them.
 
@@ -28,6 +33,7 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 BEGIN
+  PERFORM set_config('synchronous_commit', 'off', true);
   RETURN QUERY
   WITH due AS (
     SELECT d.id, d.status = 'processing' AS reclaimed, d.attempt_count >= d.max_attempts AS exhausted
@@ -89,6 +95,7 @@ LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
+  PERFORM set_config('synchronous_commit', 'off', true);
   RETURN QUERY
   WITH o AS (
     SELECT * FROM unnest(p_ids, p_attempts, p_statuses, p_retry_delay_ms, p_response_statuses, p_errors, p_reasons,

@@ -127,6 +127,12 @@ export class DeliveryQueue extends Context.Tag("webhook-worker/DeliveryQueue")<D
   readonly storeSecrets: (updates: ReadonlyArray<SecretUpdate>) => Effect.Effect<void, SqlError.SqlError>
   /** Milliseconds until the next row falls due (retry or lease expiry), if any. */
   readonly nextDueInMs: Effect.Effect<number | null, SqlError.SqlError>
+  /**
+   * Runs the claim and the completion once, empty, on up to `connections` pooled connections at
+   * once: PL/pgSQL compiles a function and plans its statements on a session's first call (tens
+   * of milliseconds, measured), which the first deliveries after a start would otherwise wait for.
+   */
+  readonly warmUp: (workerId: string, connections: number) => Effect.Effect<void, SqlError.SqlError>
 }>() {
   static readonly layer = Layer.effect(
     DeliveryQueue,
@@ -174,6 +180,15 @@ export class DeliveryQueue extends Context.Tag("webhook-worker/DeliveryQueue")<D
               updates.map((u) => u.secret),
               updates.map((u) => u.replaces)
             ]).pipe(Effect.asVoid),
+        warmUp: (workerId, connections) =>
+          Effect.forEach(
+            Array.from({ length: connections }, () => workerId),
+            (id) =>
+              sql.unsafe(CLAIM_SQL, [id, 1, 0]).pipe(
+                Effect.zipRight(sql.unsafe(COMPLETE_SQL, [id, [], [], [], [], [], [], [], [], [], [], false]))
+              ),
+            { concurrency: "unbounded", discard: true }
+          ),
         nextDueInMs: sql.unsafe<{ in_ms: number | null }>(NEXT_DUE_SQL).pipe(
           Effect.map((rows) => rows[0]?.in_ms ?? null)
         )

@@ -113,7 +113,15 @@ const statusOf = (decision: Decision) =>
 
 const DELIVER: Decision = { _tag: "Deliver" }
 
-const SETTLE_MS = 15
+/**
+ * After a notification, claims again this many ms later (each): producers whose commit raced the
+ * notifying one were not notified themselves (see migrations/0001), and their rows become
+ * visible within about a commit's fsync. Two steps catch them at once, and late ones soon after.
+ */
+const SETTLE_STEPS_MS: ReadonlyArray<number> = [4, 15]
+
+/** Pooled connections the queue's statements are prepared on at start (the worker's pool has 4). */
+const WARM_CONNECTIONS = 4
 
 /** One attempt under way. */
 interface Attempt {
@@ -273,9 +281,9 @@ export const run = Effect.gen(function*() {
   const claimLoop = Effect.gen(function*() {
     let backlog = true
     let waitMs = 0
-    // After a notification, one more claim shortly after: the trigger notifies once per wave of
-    // concurrent commits, and a commit that raced the notifier's may not have been visible yet.
-    let settle = false
+    // After a notification, claims shortly after (SETTLE_STEPS_MS): the trigger notifies once per
+    // wave of concurrent commits, and a commit that raced the notifier's may not be visible yet.
+    let settleStep: number = SETTLE_STEPS_MS.length
     while (true) {
       metrics.loopHeartbeat()
       current = yield* settings.get
@@ -296,7 +304,7 @@ export const run = Effect.gen(function*() {
           continue
         }
         const woken = yield* Queue.take(wake).pipe(Effect.timeoutOption(Duration.millis(waitMs)))
-        settle = Option.isSome(woken)
+        settleStep = Option.isSome(woken) ? 0 : settleStep + 1
         current = yield* settings.get
       }
       const limit = Math.min(current.batchSize, current.maxConcurrentDeliveries - attempts.size)
@@ -320,8 +328,8 @@ export const run = Effect.gen(function*() {
         if (reclaimed > 0) metrics.leasesReclaimed(reclaimed)
       }
       backlog = claimed.length === limit
-      if (!backlog && settle) {
-        waitMs = SETTLE_MS
+      if (!backlog && settleStep < SETTLE_STEPS_MS.length) {
+        waitMs = SETTLE_STEPS_MS[settleStep]!
       } else if (!backlog) {
         const next = yield* queue.nextDueInMs.pipe(Effect.orElseSucceed(() => null))
         waitMs = next === null ? current.pollIntervalMs : Math.min(current.pollIntervalMs, Math.max(next, 5))
@@ -329,6 +337,11 @@ export const run = Effect.gen(function*() {
     }
   })
 
+  // Best effort: a database that is down now is the claim loop's to wait for.
+  yield* queue.warmUp(workerId, WARM_CONNECTIONS).pipe(
+    Effect.timeoutOption(Duration.seconds(5)),
+    Effect.catchAll((error) => Effect.logDebug("Warming up the queue's statements failed").pipe(Effect.annotateLogs({ error: error.message })))
+  )
   yield* wakeup.subscribe(() => wake.unsafeOffer(undefined))
   const loop = yield* Effect.forkScoped(claimLoop)
 

@@ -19,6 +19,8 @@ export interface BenchOptions {
   readonly destination: DestinationMode
   readonly rates: ReadonlyArray<number>
   readonly latencySeconds: number
+  /** Seconds at the first rate before measuring, not counted (JIT, sockets, plans: every system warms up alike). */
+  readonly latencyWarmupSeconds: number
   readonly burnTimeoutSeconds: number
   readonly sqlLoops: number
   readonly sqlBatch: number
@@ -53,6 +55,7 @@ export const usage = `Usage: npm run bench -- [flags]
   --destination url|endpoint  our rows: per-row URL + secret (default), or one registered endpoint
   --rates LIST            latency phase enqueue rates per second (default 100,1000)
   --latency-seconds S     length of each latency phase (default 10)
+  --latency-warmup S      seconds at the first rate before measuring, not counted (default 2; --quick 1)
   --burn-timeout S        give up on one burn-down after S seconds (default 180)
   --sql-loops K           connections of the bare claim+complete SQL ceiling (default 2)
   --sql-batch B           rows per claim in the SQL ceiling (default 100)
@@ -104,6 +107,7 @@ export const parse = (argv: ReadonlyArray<string>): BenchOptions | "help" => {
       destination: { type: "string" },
       rates: { type: "string" },
       "latency-seconds": { type: "string" },
+      "latency-warmup": { type: "string" },
       "burn-timeout": { type: "string" },
       "sql-loops": { type: "string" },
       "sql-batch": { type: "string" },
@@ -146,6 +150,7 @@ export const parse = (argv: ReadonlyArray<string>): BenchOptions | "help" => {
     destination,
     rates: values.rates === undefined ? [100, 1_000] : numbers("rates", values.rates),
     latencySeconds: positive("latency-seconds", values["latency-seconds"], quick ? 3 : 10, false),
+    latencyWarmupSeconds: positive("latency-warmup", values["latency-warmup"], quick ? 1 : 2, false),
     burnTimeoutSeconds: positive("burn-timeout", values["burn-timeout"], quick ? 60 : 180, false),
     sqlLoops: positive("sql-loops", values["sql-loops"], 2),
     sqlBatch: positive("sql-batch", values["sql-batch"], 100),

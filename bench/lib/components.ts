@@ -118,7 +118,8 @@ async (count: number, offset: number) => {
       }),
     release: () => Effect.void,
     storeSecrets: () => Effect.void,
-    nextDueInMs: Effect.succeed(null)
+    nextDueInMs: Effect.succeed(null),
+    warmUp: () => Effect.void
   }
   const settings = {
     ...defaults,

@@ -30,6 +30,9 @@ export interface RateSummary {
   /** Repeats in which the system kept up, of those run. */
   readonly keptUp: string
   readonly keptUpAll: boolean
+  /** Repeats in which the worker kept up (commit→receive), whatever the producer did. */
+  readonly workerKeptUp: string
+  readonly workerKeptUpAll: boolean
   readonly workerCpuMsPerDelivery: number | null
 }
 
@@ -75,6 +78,7 @@ export const summarise = (options: BenchOptions, results: Results): ReadonlyArra
         .filter((l) => l.system === system)
         .flatMap((l) => l.rates.filter((r) => r.rate === rate))
       const kept = phases.filter((p) => p.keptUp).length
+      const workerKept = phases.filter((p) => p.workerKeptUp).length
       return {
         rate,
         endToEndP50: med(phases, (p) => p.endToEnd.p50),
@@ -85,6 +89,8 @@ export const summarise = (options: BenchOptions, results: Results): ReadonlyArra
         enqueueCallP50: med(phases, (p) => p.enqueueCall.p50),
         keptUp: `${kept}/${phases.length}`,
         keptUpAll: phases.length > 0 && kept === phases.length,
+        workerKeptUp: `${workerKept}/${phases.length}`,
+        workerKeptUpAll: phases.length > 0 && workerKept === phases.length,
         workerCpuMsPerDelivery: med(phases, (p) => p.workerCpuMsPerDelivery)
       }
     })
@@ -154,9 +160,11 @@ export const targets = (summaries: ReadonlyArray<SystemSummary>, results: Result
   })
   const fast = at(1000)
   list.push({
-    target: "keeps up at 1,000/s",
-    measured: fast === undefined || fast.keptUp === "0/0" ? "not measured" : `${fast.keptUp} repeats (p99 ${cell(fast.endToEndP99, 1)} ms)`,
-    pass: fast === undefined || fast.keptUp === "0/0" ? null : fast.keptUpAll
+    target: "the worker keeps up at 1,000/s (commit→receive p99 ≤ 1 s, drained within 1 s)",
+    measured: fast === undefined || fast.workerKeptUp === "0/0"
+      ? "not measured"
+      : `${fast.workerKeptUp} repeats (commit→receive p99 ${cell(fast.commitToReceiveP99, 1)} ms; producer and worker together: ${fast.keptUp}, enqueue→receive p99 ${cell(fast.endToEndP99, 1)} ms)`,
+    pass: fast === undefined || fast.workerKeptUp === "0/0" ? null : fast.workerKeptUpAll
   })
   const rss = results.rss
   const rssConditions = rss !== undefined && rss.dueRows >= 100_000 && rss.maxInFlightAtReceiver >= 100
@@ -212,7 +220,8 @@ export const table = (options: BenchOptions, summaries: ReadonlyArray<SystemSumm
       return l === undefined || l.commitToReceiveP50 === null ? "–" : `${cell(l.commitToReceiveP50, 1)} / ${cell(l.commitToReceiveP99, 1)}`
     })
     add(`  ${rate}/s enqueue call p50 ms`, (s) => cell(s.latency.find((x) => x.rate === rate)?.enqueueCallP50, 1))
-    add(`  ${rate}/s kept up (repeats)`, (s) => s.latency.find((x) => x.rate === rate)?.keptUp ?? "–")
+    add(`  ${rate}/s kept up, producer + worker (repeats)`, (s) => s.latency.find((x) => x.rate === rate)?.keptUp ?? "–")
+    add(`  ${rate}/s worker kept up (repeats)`, (s) => s.latency.find((x) => x.rate === rate)?.workerKeptUp ?? "–")
   }
   add("duplicates / bad signatures", (s) => `${s.duplicates} / ${s.signaturesFailed} of ${s.signaturesChecked}`)
   if (ceilings.sqlRowsPerSec !== null) rows.push(["bare batched claim+complete SQL, rows/s", ...summaries.map(() => ""), cell(ceilings.sqlRowsPerSec)])

@@ -164,7 +164,8 @@ const captureClaimSql = async (runtime: Runtime, batch: number): Promise<string>
   proto.query = function(this: unknown, ...args: Array<unknown>) {
     const first = args[0]
     const text = typeof first === "string" ? first : typeof first === "object" && first !== null && "text" in first ? String(first.text) : ""
-    if (text.includes("SKIP LOCKED")) captured = text
+    // The claim is a PL/pgSQL function (migrations/0004); older builds sent the statement itself.
+    if (text.includes("SKIP LOCKED") || text.includes("webhook_claim_deliveries")) captured = text
     return original.apply(this, args)
   }
   try {
@@ -174,6 +175,36 @@ const captureClaimSql = async (runtime: Runtime, batch: number): Promise<string>
   }
   if (captured === "") throw new Error("could not capture the claim statement from the driver")
   return captured
+}
+
+/** Plan nodes of the statements run inside the claim (auto_explain, nested, rolled back). */
+const nestedPlanNodes = async (admin: Pg.Client, claimSql: string, batch: number): Promise<Array<string>> => {
+  const plans: Array<string> = []
+  const onNotice = (notice: { message?: string | undefined }) => {
+    const text = notice.message ?? ""
+    const start = text.indexOf("{")
+    if (start === -1) return
+    try {
+      const parsed = JSON.parse(text.slice(start)) as { Plan?: PlanNode }
+      if (parsed.Plan !== undefined) plans.push(...flatten(parsed.Plan))
+    } catch {
+      // Not a plan.
+    }
+  }
+  admin.on("notice", onNotice)
+  await admin.query("BEGIN")
+  try {
+    await admin.query("LOAD 'auto_explain'")
+    await admin.query(
+      "SET LOCAL auto_explain.log_min_duration = 0; SET LOCAL auto_explain.log_nested_statements = on; " +
+        "SET LOCAL auto_explain.log_format = json; SET LOCAL auto_explain.log_level = notice; SET LOCAL client_min_messages = notice"
+    )
+    await admin.query(claimSql, ["bench-explain", 60_000, batch])
+  } finally {
+    await admin.query("ROLLBACK")
+    admin.off("notice", onNotice)
+  }
+  return plans
 }
 
 interface PlanNode {
@@ -228,6 +259,8 @@ const measure = async (
       await admin.query("ROLLBACK")
     }
   }
+  // The function's own statements, as the server planned them: auto_explain reports nested plans.
+  if (!planNodes.some((node) => node.includes("idx_wdq_due"))) planNodes = await nestedPlanNodes(admin, claimSql, batch)
   return {
     delivered,
     due,

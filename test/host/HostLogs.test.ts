@@ -27,7 +27,7 @@ const capturingLogger = (lines: Array<Captured>) =>
     })
   )
 
-describe("host worker logs name the instance", () => {
+describe("host worker logs: the instance, and readable attempt lines under any logger", () => {
   it.live("WebhookWorker.layer({ instance }): every worker line under the host's logger carries it, shutdown included", () =>
     Effect.gen(function*() {
       const { url } = yield* testDatabase
@@ -45,6 +45,18 @@ describe("host worker logs name the instance", () => {
       const worker = lines.filter((line) => line.annotations.service === "worker")
       expect(worker.map((line) => line.message)).toEqual(expect.arrayContaining(["Worker started", "Delivering webhook", "Worker stopped"]))
       for (const line of worker) expect(line.annotations, line.message).toMatchObject({ instance: 3 })
+      // The attempt's fields are annotations, which every Effect logger prints on the line.
+      const attempt = worker.find((line) => line.message === "Delivering webhook")!
+      expect(attempt.annotations).toMatchObject({
+        delivery_id: expect.stringMatching(/^[0-9a-f-]{36}$/),
+        event_type: "order.created",
+        attempt: 1,
+        outcome: "delivered",
+        reason: "delivered",
+        http_status: 200,
+        destination: `127.0.0.1:${receiver.port}`
+      })
+      expect(Object.values(attempt.annotations).some((value) => typeof value === "object")).toBe(false)
     }).pipe(Effect.scoped))
 
   it.live("startWebhookWorker({ instance }): its JSON lines on stdout carry it", () =>

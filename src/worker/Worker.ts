@@ -343,7 +343,17 @@ export const run = Effect.gen(function*() {
     Effect.catchAll((error) => Effect.logDebug("Warming up the queue's statements failed").pipe(Effect.annotateLogs({ error: error.message })))
   )
   yield* wakeup.subscribe(() => wake.unsafeOffer(undefined))
-  const loop = yield* Effect.forkScoped(claimLoop)
+  // A bug in the loop must not silently stop all claiming: it is logged and the loop starts over.
+  const loop = yield* Effect.forkScoped(
+    claimLoop.pipe(
+      Effect.catchAllCause((cause) =>
+        Cause.isInterruptedOnly(cause)
+          ? Effect.failCause(cause)
+          : Effect.logError("The claim loop failed; starting it again", cause).pipe(Effect.zipRight(Effect.sleep(Duration.seconds(1))))
+      ),
+      Effect.forever
+    )
+  )
 
   yield* Effect.logInfo("Worker started").pipe(
     Effect.annotateLogs({

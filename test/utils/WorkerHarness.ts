@@ -1,5 +1,5 @@
 import { SqlClient } from "@effect/sql"
-import { Duration, Effect, Exit, Layer, Option, Redacted, Scope } from "effect"
+import { type Context, Duration, Effect, Exit, Layer, Option, Redacted, Scope } from "effect"
 import { type AppSettings, Settings } from "../../src/config/AppConfig.js"
 import * as DeliveryHttp from "../../src/http/DeliveryHttp.js"
 import * as Log from "../../src/observability/Log.js"
@@ -28,13 +28,17 @@ export interface HarnessOptions {
   readonly metrics?: Metrics.WorkerMetrics
   /** Receives every log line the worker writes (JSON); lines are dropped otherwise. */
   readonly logs?: Array<string>
+  /** Wraps the real SQL queue (to inject a fault into one of its operations). */
+  readonly wrapQueue?: (queue: Context.Tag.Service<typeof DeliveryQueue>) => Context.Tag.Service<typeof DeliveryQueue>
 }
 
 /** The worker's layer over the given settings, needing only a PgClient. */
 export const workerLayer = (overrides: Partial<AppSettings> = {}, options: HarnessOptions = {}) =>
   Worker.layer.pipe(
     Layer.provide(Layer.mergeAll(
-      DeliveryQueue.layer,
+      options.wrapQueue === undefined
+        ? DeliveryQueue.layer
+        : Layer.effect(DeliveryQueue, Effect.map(DeliveryQueue, options.wrapQueue)).pipe(Layer.provide(DeliveryQueue.layer)),
       DeliveryHttp.layer({ tracing: false }),
       Wakeup.layerListen,
       options.metrics ? Layer.succeed(Metrics.Metrics, options.metrics) : Metrics.layerDetached,

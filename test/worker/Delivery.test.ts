@@ -73,5 +73,27 @@ describe("delivery end to end", () => {
       const [logged] = yield* sql<{ n: string }>`SELECT count(*) AS n FROM webhook_delivery_log`
       expect(logged!.n).toBe("0")
     })))
-})
 
+  it.live("a defect in the claim loop is logged and the loop starts over: rows still go out", () =>
+    scoped(Effect.gen(function*() {
+      const receiver = yield* makeReceiver
+      const id = yield* insertRaw({ url: receiver.url() })
+      const logs: Array<string> = []
+      let claims = 0
+      const stop = yield* startWorker({}, {
+        logs,
+        wrapQueue: (queue) => ({
+          ...queue,
+          claim: (workerId, limit, leaseMs) =>
+            ++claims === 1 ? Effect.die(new Error("a bug in the first claim")) : queue.claim(workerId, limit, leaseMs)
+        })
+      })
+      yield* eventually(statusIs(id, "delivered"), "delivered after the loop restarted")
+      yield* stop
+      const failures = logs.map((line) => JSON.parse(line)).filter((line) => line.msg === "The claim loop failed; starting it again")
+      expect(failures).toHaveLength(1)
+      expect(failures[0]).toMatchObject({ level: "ERROR" })
+      expect(JSON.stringify(failures[0])).toContain("a bug in the first claim")
+      expect(receiver.requests).toHaveLength(1)
+    })))
+})

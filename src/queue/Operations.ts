@@ -148,37 +148,48 @@ WITH batch AS (
     attempt_count = EXCLUDED.attempt_count, last_response_status = EXCLUDED.last_response_status,
     last_error = EXCLUDED.last_error, dead_lettered_at = EXCLUDED.dead_lettered_at, archived_at = now()
 )
-SELECT count(*)::int AS moved FROM moved`
+SELECT count(*)::int AS n FROM moved`
+
+/**
+ * Runs `batchSql` ($1 the cutoff, $2 the batch size; returns the rows it handled as `n`), each
+ * call its own short transaction, until a batch comes back empty. The cutoff, `now()` minus
+ * `olderThanDays`, is fixed when the run starts, so it ends however many rows age past it
+ * meanwhile; `countSql` ($1 the cutoff) says how many the run expects, for `onStart`.
+ */
+const inBatches = <E>(countSql: string, batchSql: string, olderThanDays: number, progress: BatchProgress<E>, batchSize: number) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const [start] = yield* sql<{ cutoff: Date }>`SELECT now() - make_interval(days => ${olderThanDays}) AS cutoff`
+    const cutoff = start!.cutoff
+    const [expected] = yield* sql.unsafe<{ total: number }>(countSql, [cutoff])
+    if (progress.onStart) yield* progress.onStart(expected?.total ?? 0)
+    let done = 0
+    while (true) {
+      const [batch] = yield* sql.unsafe<{ n: number }>(batchSql, [cutoff, batchSize])
+      const count = batch?.n ?? 0
+      done += count
+      if (progress.onProgress) yield* progress.onProgress(done)
+      // Stop on an empty batch, not a short one: rows skipped while locked may still be there.
+      if (count === 0) return { done, cutoff }
+    }
+  })
 
 /**
  * Moves dead letters dead-lettered more than `olderThanDays` ago into webhook_dead_letter_archive,
- * in committed batches. The cutoff is fixed when the run starts, so it ends however many rows
- * age past it meanwhile. `onStart` gets how many rows the run expects to move.
+ * in committed batches. `onStart` gets how many rows the run expects to move.
  */
 export const archiveDeadLetters = <E = never>(
   olderThanDays: number,
   progress: BatchProgress<E> = {},
   batchSize = 1000
 ) =>
-  Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    const [start] = yield* sql<{ cutoff: Date; total: number }>`
-      WITH c AS (SELECT now() - make_interval(days => ${olderThanDays}) AS cutoff)
-      SELECT c.cutoff, (SELECT count(*)::int FROM webhook_delivery_queue
-                        WHERE status = 'dead_letter' AND "updatedAt" < c.cutoff) AS total
-      FROM c`
-    const cutoff = start!.cutoff
-    if (progress.onStart) yield* progress.onStart(start!.total)
-    let moved = 0
-    while (true) {
-      const [batch] = yield* sql.unsafe<{ moved: number }>(ARCHIVE_SQL, [cutoff, batchSize])
-      const count = batch?.moved ?? 0
-      moved += count
-      if (progress.onProgress) yield* progress.onProgress(moved)
-      // Stop on an empty batch, not a short one: rows skipped while locked may still be there.
-      if (count === 0) return { archived: moved, cutoff }
-    }
-  })
+  inBatches(
+    `SELECT count(*)::int AS total FROM webhook_delivery_queue WHERE status = 'dead_letter' AND "updatedAt" < $1`,
+    ARCHIVE_SQL,
+    olderThanDays,
+    progress,
+    batchSize
+  ).pipe(Effect.map(({ cutoff, done }) => ({ archived: done, cutoff })))
 
 // One statement per batch, so each batch is its own short transaction: the same rows as the
 // deployment guide's cleanup_delivered_webhooks(days) (delivered before the cutoff, with their
@@ -197,33 +208,22 @@ WITH batch AS (
 ), logs AS (
   DELETE FROM webhook_delivery_log l USING gone WHERE l.delivery_id = gone.id
 )
-SELECT count(*)::int AS removed FROM gone`
+SELECT count(*)::int AS n FROM gone`
 
 /**
  * Deletes delivered rows delivered more than `olderThanDays` ago, and their webhook_delivery_log
- * rows, in committed batches (`cleanup`). The cutoff is fixed when the run starts; a crash
- * between batches loses nothing a re-run would not remove anyway.
+ * rows, in committed batches (`cleanup`). A crash between batches loses nothing a re-run would
+ * not remove anyway.
  */
 export const cleanupDelivered = <E = never>(
   olderThanDays: number,
   progress: BatchProgress<E> = {},
   batchSize = 1000
 ) =>
-  Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    const [start] = yield* sql<{ cutoff: Date; total: number }>`
-      WITH c AS (SELECT now() - make_interval(days => ${olderThanDays}) AS cutoff)
-      SELECT c.cutoff, (SELECT count(*)::int FROM webhook_delivery_queue
-                        WHERE status = 'delivered' AND delivered_at < c.cutoff) AS total
-      FROM c`
-    const cutoff = start!.cutoff
-    if (progress.onStart) yield* progress.onStart(start!.total)
-    let removed = 0
-    while (true) {
-      const [batch] = yield* sql.unsafe<{ removed: number }>(CLEANUP_SQL, [cutoff, batchSize])
-      const count = batch?.removed ?? 0
-      removed += count
-      if (progress.onProgress) yield* progress.onProgress(removed)
-      if (count === 0) return { removed, cutoff }
-    }
-  })
+  inBatches(
+    `SELECT count(*)::int AS total FROM webhook_delivery_queue WHERE status = 'delivered' AND delivered_at < $1`,
+    CLEANUP_SQL,
+    olderThanDays,
+    progress,
+    batchSize
+  ).pipe(Effect.map(({ cutoff, done }) => ({ removed: done, cutoff })))

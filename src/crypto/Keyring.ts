@@ -4,6 +4,7 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto"
 import { type AppSettings, decodeEncryptionKey } from "../config/AppConfig.js"
+import { memoizeBounded } from "../lib/Memo.js"
 
 /**
  * Secrets at rest: AES-256-GCM, stored as `enc:v1:<key id>:<base64(iv | ciphertext | tag)>`.
@@ -37,9 +38,9 @@ export class Keyring {
   readonly currentId: string
   private readonly keys: ReadonlyMap<string, Buffer>
   private readonly current: Buffer
-  // Decrypting is ~10 µs; endpoint deliveries share one ciphertext, so a small cache pays.
-  private readonly cache = new Map<string, string>()
-  private readonly encrypted = new Map<string, string>()
+  // Decrypting is ~10 µs; deliveries to one destination share one stored value, so this pays.
+  private readonly decrypted = memoizeBounded((stored) => this.decryptFresh(stored), 10_000)
+  private readonly encrypted = memoizeBounded((plaintext) => this.encryptFresh(plaintext), 10_000)
 
   constructor(current: Buffer, previous: ReadonlyArray<Buffer>) {
     this.current = current
@@ -57,13 +58,7 @@ export class Keyring {
    * share a value at rest; nothing is encrypted twice under one IV.
    */
   encrypt(plaintext: string): string {
-    let stored = this.encrypted.get(plaintext)
-    if (stored === undefined) {
-      stored = this.encryptFresh(plaintext)
-      if (this.encrypted.size >= 10_000) this.encrypted.clear()
-      this.encrypted.set(plaintext, stored)
-    }
-    return stored
+    return this.encrypted(plaintext)
   }
 
   private encryptFresh(plaintext: string): string {
@@ -76,9 +71,10 @@ export class Keyring {
 
   /** Plaintext of a stored secret. A value without the `enc:v1:` prefix is plaintext already. */
   decrypt(stored: string): Either.Either<string, SecretUndecryptable> {
-    if (!isEncrypted(stored)) return Either.right(stored)
-    const cached = this.cache.get(stored)
-    if (cached !== undefined) return Either.right(cached)
+    return isEncrypted(stored) ? this.decrypted(stored) : Either.right(stored)
+  }
+
+  private decryptFresh(stored: string): Either.Either<string, SecretUndecryptable> {
     const id = stored.slice(PREFIX.length, PREFIX.length + 8)
     const key = this.keys.get(id)
     if (key === undefined) {
@@ -100,8 +96,6 @@ export class Keyring {
         decipher.update(body.subarray(IV_BYTES, body.length - TAG_BYTES)),
         decipher.final()
       ]).toString("utf8")
-      if (this.cache.size >= 10_000) this.cache.clear()
-      this.cache.set(stored, plaintext)
       return Either.right(plaintext)
     } catch {
       return Either.left(

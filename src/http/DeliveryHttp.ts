@@ -13,6 +13,7 @@ import {
   InvalidUrl
 } from "../delivery/Outcome.js"
 import { parseRetryAfter } from "../delivery/RetryPolicy.js"
+import { memoizeBounded } from "../lib/Memo.js"
 import { BlockedAddressError, blockedReason, guardedLookup, literalAddress } from "./DestinationGuard.js"
 
 /** At most this much of a response body is kept (for the audit log); the rest is not read. */
@@ -41,20 +42,12 @@ export class DeliveryHttp extends Context.Tag("webhook-worker/DeliveryHttp")<Del
 
 type CheckedUrl = URL | InvalidUrl | DestinationBlocked
 
-// Deliveries to one endpoint repeat one URL: parse and judge it once. Bounded; the result never mutates.
-const checkedUrls = [new Map<string, CheckedUrl>(), new Map<string, CheckedUrl>()] as const
+// Deliveries to one endpoint repeat one URL: parse and judge it once (the result never mutates).
+const checkedGuarded = memoizeBounded((raw) => judgeUrl(raw, false), 10_000)
+const checkedOpen = memoizeBounded((raw) => judgeUrl(raw, true), 10_000)
 
 /** A URL we are willing to send to: http(s), a host, and (unless allowed) not a private literal IP. */
-export const checkUrl = (raw: string, allowPrivate: boolean): CheckedUrl => {
-  const cache = checkedUrls[allowPrivate ? 1 : 0]
-  let checked = cache.get(raw)
-  if (checked === undefined) {
-    if (cache.size >= 10_000) cache.clear()
-    checked = judgeUrl(raw, allowPrivate)
-    cache.set(raw, checked)
-  }
-  return checked
-}
+export const checkUrl = (raw: string, allowPrivate: boolean): CheckedUrl => (allowPrivate ? checkedOpen(raw) : checkedGuarded(raw))
 
 const judgeUrl = (raw: string, allowPrivate: boolean): CheckedUrl => {
   let url: URL

@@ -7,6 +7,7 @@ import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import { randomBytes } from "node:crypto"
 import type { Keyring } from "../crypto/Keyring.js"
+import { memoizeBounded } from "../lib/Memo.js"
 
 /** Where a delivery goes: a URL with its signing secret, or a registered endpoint. */
 export type Destination =
@@ -120,22 +121,8 @@ export const payloadText = (payload: unknown): Either.Either<string, InvalidEnqu
   return text === undefined ? invalid("payload", "must be a JSON value (got undefined)") : Either.right(text)
 }
 
-/** A one-argument check remembered per input (bounded): producers repeat a few URLs. */
-const remembered = <A>(check: (input: string) => A): ((input: string) => A) => {
-  const results = new Map<string, A>()
-  return (input) => {
-    let result = results.get(input)
-    if (result === undefined) {
-      if (results.size >= 1000) results.clear()
-      result = check(input)
-      results.set(input, result)
-    }
-    return result
-  }
-}
-
 /** Checks a URL's form at enqueue time; whether its address may be reached is decided at delivery. */
-export const validateUrl = remembered((raw: string): Either.Either<string, InvalidEnqueueRequest> => {
+export const validateUrl = memoizeBounded((raw: string): Either.Either<string, InvalidEnqueueRequest> => {
   let url: URL
   try {
     url = new URL(raw)
@@ -144,7 +131,7 @@ export const validateUrl = remembered((raw: string): Either.Either<string, Inval
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") return invalid("url", `scheme must be http or https, got ${url.protocol.slice(0, -1)}`)
   return Either.right(raw)
-})
+}, 1000)
 
 /** A secret is a `whsec_` base64 key (Standard Webhooks) or any other non-empty text, used as its bytes. */
 export const validateSecret = (secret: string): Either.Either<string, InvalidEnqueueRequest> => {

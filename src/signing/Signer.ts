@@ -1,6 +1,7 @@
 import * as Data from "effect/Data"
 import * as Either from "effect/Either"
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto"
+import { memoizeBounded } from "../lib/Memo.js"
 
 /**
  * Standard Webhooks signatures (standardwebhooks.com): `v1,` + base64 HMAC-SHA256 over
@@ -10,17 +11,7 @@ import { createHmac, randomBytes, timingSafeEqual } from "node:crypto"
 export const signingKey = (secret: string): Buffer =>
   secret.startsWith("whsec_") ? Buffer.from(secret.slice(6), "base64") : Buffer.from(secret, "utf8")
 
-const keyCache = new Map<string, Buffer>()
-
-const cachedKey = (secret: string): Buffer => {
-  let key = keyCache.get(secret)
-  if (key === undefined) {
-    if (keyCache.size >= 10_000) keyCache.clear()
-    key = signingKey(secret)
-    keyCache.set(secret, key)
-  }
-  return key
-}
+const cachedKey = memoizeBounded(signingKey, 10_000)
 
 /** One `v1,<base64>` signature. */
 export const signOne = (secret: string, id: string, timestamp: number, body: string | Uint8Array): string =>

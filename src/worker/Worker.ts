@@ -29,6 +29,7 @@ import {
   WorkerDefect
 } from "../delivery/Outcome.js"
 import { type CancelAttempt, checkUrl, clientSpanAttributes, DeliveryHttp, type HttpReply, replySpanAttribute } from "../http/DeliveryHttp.js"
+import { memoizeBounded } from "../lib/Memo.js"
 import * as Log from "../observability/Log.js"
 import { Metrics, type WorkerMetrics } from "../observability/Metrics.js"
 import { userAgent } from "../PackageInfo.js"
@@ -504,24 +505,17 @@ const attemptLogFields = (row: ClaimedDelivery, completion: Completion, span: Tr
   return fields
 }
 
-const hosts = new Map<string, string>()
+const hostOf = memoizeBounded((url) => {
+  try {
+    return new URL(url).host
+  } catch {
+    // Never the text itself: a malformed URL may still carry a token.
+    return "(invalid URL)"
+  }
+}, 10_000)
 
 /** Only the host of a destination is logged: paths often carry tokens (e.g. chat webhooks). */
-export const destinationHost = (url: string | null): string | null => {
-  if (url === null) return null
-  let host = hosts.get(url)
-  if (host === undefined) {
-    try {
-      host = new URL(url).host
-    } catch {
-      // Never the text itself: a malformed URL may still carry a token.
-      host = "(invalid URL)"
-    }
-    if (hosts.size >= 10_000) hosts.clear()
-    hosts.set(url, host)
-  }
-  return host
-}
+export const destinationHost = (url: string | null): string | null => (url === null ? null : hostOf(url))
 
 const observe = (metrics: WorkerMetrics, row: ClaimedDelivery, completion: Completion) => {
   metrics.attemptDuration(completion.durationMs / 1000, completion.status)

@@ -4,10 +4,10 @@
  * same receiver. CPU per delivery is process CPU over the measured deliveries (after a warm-up).
  *
  *  1. bare:        sign + POST with an undici Pool (what the peers' task does)
- *  2. client-text: the Effect HttpClient built as the product builds it (NodeHttpClient.makeUndici
- *                  over an undici Agent), the body read with `response.text`
- *  3. http:        the product's DeliveryHttp.send (the same client, the body read through
- *                  `response.stream` capped at 64 KiB, under an Effect timeout), signed per request
+ *  2. client-text: @effect/platform's HttpClient over an undici Agent (NodeHttpClient.makeUndici),
+ *                  the body read with `response.text`: the client the product measured and left
+ *  3. http:        the product's DeliveryHttp.send: undici's dispatcher with the product's reply
+ *                  handler (body capped at 64 KiB, its own timer), one Effect run per request
  *  4. worker:      the product's Worker.layer (claim pipeline, signer, DeliveryHttp, metrics,
  *                  the per-attempt log line, group-commit Completer) on an in-memory queue that
  *                  answers claims and completions after 1 ms, as a database round trip would
@@ -165,13 +165,13 @@ export const components = async (ctx: BenchContext): Promise<ReadonlyArray<Compo
       pool(n, concurrency, (i) => bare.send(`bare_${offset + i}`, JSON.stringify(envelope(offset + i)))))
     await bare.close()
 
-    // Built the way DeliveryHttp builds its client (src/http/DeliveryHttp.ts, agentClient).
+    // The platform client, for comparison with the product's own dispatch (src/http/DeliveryHttp.ts).
     const agent = new Agent({ connect: { timeout: 60_000 }, keepAliveTimeout: 30_000, pipelining: 1 })
     const client = NodeHttpClient.makeUndici(agent).pipe(
       HttpClient.withTracerPropagation(false),
       HttpClient.withTracerDisabledWhen(() => true)
     )
-    await record("client-text", "Effect HttpClient over an undici Agent (as the product builds it), body read with response.text", (n, offset) =>
+    await record("client-text", "@effect/platform HttpClient over an undici Agent, body read with response.text (for comparison: the product does not use it)", (n, offset) =>
       pool(n, concurrency, async (i) => {
         const id = `text_${offset + i}`
         const body = JSON.stringify(envelope(offset + i))
@@ -186,7 +186,7 @@ export const components = async (ctx: BenchContext): Promise<ReadonlyArray<Compo
 
     const http = ManagedRuntime.make(DeliveryHttp.layer({ tracing: false }))
     const send = await http.runPromise(DeliveryHttp.DeliveryHttp)
-    await record("http", "DeliveryHttp.send: the same client, body read via response.stream capped at 64 KiB, Effect timeout", (n, offset) =>
+    await record("http", "DeliveryHttp.send: undici dispatch with the product's handler (body capped at 64 KiB, timer, SSRF-guarded agent), run as an Effect per request", (n, offset) =>
       pool(n, concurrency, async (i) => {
         const id = `http_${offset + i}`
         const body = JSON.stringify(envelope(offset + i))

@@ -258,3 +258,29 @@ describe("DEPLOYMENT.md", () => {
         }
       }))), 120_000)
 })
+
+describe("the published package", () => {
+  it("holds what an install from the registry runs: the built CLI, migrations, role SQL, systemd units and the guide", () => {
+    const packed = spawnSync("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"], { cwd: repoRoot, encoding: "utf8" })
+    expect(packed.status, packed.stderr).toBe(0)
+    const files = (JSON.parse(packed.stdout) as Array<{ files: Array<{ path: string }> }>)[0]!.files.map((file) => file.path)
+    const migrations = readdirSync(join(repoRoot, "migrations")).filter((file) => file.endsWith(".sql")).map((file) => `migrations/${file}`)
+    expect(files).toEqual(expect.arrayContaining([
+      "bin/webhook-worker.js",
+      "dist/main.js",
+      "dist/index.js",
+      "dist/index.d.ts",
+      "dist/host/Receiver.js",
+      ...migrations,
+      "sql/roles.sql",
+      "systemd/webhook-worker@.service",
+      "systemd/webhook-worker.target",
+      "systemd/webhook-worker.env.example",
+      "systemd/install.sh",
+      "DEPLOYMENT.md",
+      ".env.example"
+    ]))
+    // Sources, tests and the benchmark stay out of it.
+    expect(files.filter((file) => /^(src|test|bench|scratch)\//.test(file))).toEqual([])
+  })
+})

@@ -132,7 +132,7 @@ async (count: number, offset: number) => {
   const app = Worker.layer.pipe(
     Layer.provide(Layer.mergeAll(
       Layer.succeed(DeliveryQueue, queue),
-      DeliveryHttp.layer({ tracing: false }),
+      DeliveryHttp.layer,
       Wakeup.polling,
       realMetrics ? MetricsModule.layer({ tenantLabels: true, processMetrics: true }) : Layer.succeed(Metrics, noopMetrics),
       Worker.WorkerIdentity.layer(1),
@@ -184,7 +184,7 @@ export const components = async (ctx: BenchContext): Promise<ReadonlyArray<Compo
       }))
     await agent.close()
 
-    const http = ManagedRuntime.make(DeliveryHttp.layer({ tracing: false }))
+    const http = ManagedRuntime.make(DeliveryHttp.layer)
     const send = await http.runPromise(DeliveryHttp.DeliveryHttp)
     await record("http", "DeliveryHttp.send: undici dispatch with the product's handler (body capped at 64 KiB, timer, SSRF-guarded agent), run as an Effect per request", (n, offset) =>
       pool(n, concurrency, async (i) => {

@@ -27,7 +27,6 @@ export const runWorker = (instanceNumber: number, files: ReadonlyArray<string>) 
       // The server is built with the metrics, so a taken METRICS_PORT fails before any row is claimed.
       metrics: MetricsServer.layerFromSettings(settings, instanceNumber).pipe(Layer.provideMerge(metrics)),
       instance: instanceNumber,
-      httpSpans: Telemetry.isEnabled(settings),
       notifications: database.notifications,
       migrate: true
     }).pipe(

@@ -36,7 +36,7 @@ export const databaseFor = (
   Option.match(settings.databaseUrl, {
     onSome: (url) =>
       Effect.succeed<DatabaseChoice>({
-        layer: Database.layer({ url, maxConnections: purpose === "worker" ? 4 : 2 }),
+        layer: Database.layer({ url, maxConnections: purpose === "worker" ? Database.WORKER_POOL_SIZE : 2 }),
         notifications: true,
         description: Database.describeUrl(url),
         banner: Effect.void

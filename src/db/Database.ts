@@ -13,11 +13,14 @@ export interface DatabaseOptions {
   readonly applicationName?: string
 }
 
+/** Connections of a worker process's pool: claims and completions are batched, so a few do. */
+export const WORKER_POOL_SIZE = 4
+
 /** A PgClient for DATABASE_URL. */
 export const layer = (options: DatabaseOptions) =>
   PgClient.layer({
     url: options.url,
-    maxConnections: options.maxConnections ?? 4,
+    maxConnections: options.maxConnections ?? WORKER_POOL_SIZE,
     idleTimeout: Duration.seconds(30),
     connectTimeout: Duration.seconds(10),
     applicationName: options.applicationName ?? "webhook-worker"

@@ -184,6 +184,13 @@ const deliver: Decision = { _tag: "Deliver" }
 const deadLetter: Decision = { _tag: "DeadLetter" }
 
 /**
+ * The decision when no retry schedule is needed: delivered, or dead-lettered for a permanent
+ * outcome; undefined for a retryable one. Lets a caller skip running an Effect on the hot path.
+ */
+export const decisionWithoutSchedule = (outcome: AttemptOutcome): Decision | undefined =>
+  outcome._tag === "Delivered" ? deliver : isRetryable(outcome) ? undefined : deadLetter
+
+/**
  * Delivered, retried after the schedule's delay for this attempt (Retry-After honoured for 429
  * and 503), or dead-lettered: when the outcome is permanent or `attempt` was the last allowed.
  */
@@ -193,8 +200,8 @@ export const decide = (
   maxAttempts: number,
   settings: RetrySettings
 ): Effect.Effect<Decision> => {
-  if (outcome._tag === "Delivered") return Effect.succeed(deliver)
-  if (!isRetryable(outcome)) return Effect.succeed(deadLetter)
+  const immediate = decisionWithoutSchedule(outcome)
+  if (immediate !== undefined) return Effect.succeed(immediate)
   return Effect.map(delayAfterAttempt(settings, attempt, maxAttempts), (delay) =>
     Option.match(delay, {
       onNone: () => deadLetter,

@@ -239,13 +239,6 @@ export const replySpanAttribute = (reply: HttpReply): readonly [string, unknown]
     : ["error.type", outcome._tag]
 }
 
-const withClientSpan = (url: URL, send: Effect.Effect<HttpReply>) =>
-  Effect.withSpan(
-    Effect.tap(send, (reply) => Effect.annotateCurrentSpan(...replySpanAttribute(reply))),
-    "http.client POST",
-    { kind: "client", attributes: clientSpanAttributes(url) }
-  )
-
 /**
  * Starts one attempt with the guarded agent (sockets resolve through the SSRF guard) or, when
  * private networks are allowed, the open one. `onReply` is called exactly once, unless the
@@ -262,21 +255,12 @@ export const makeStart = (guarded: Agent, open: Agent) =>
   return dispatch(attempt.allowPrivateNetworks ? open : guarded, checked, attempt, onReply)
 }
 
-export interface DeliveryHttpOptions {
-  /** `send` emits an `http.client` span per request (only worth it when traces are exported). */
-  readonly tracing: boolean
-}
-
 /** `send` over `start`: the Effect form, interruption cancels the request. */
-const sendWith = (start: ReturnType<typeof makeStart>, options: DeliveryHttpOptions) => (attempt: HttpAttempt) => {
-  const send = Effect.async<HttpReply>((resume) => {
+const sendWith = (start: ReturnType<typeof makeStart>) => (attempt: HttpAttempt) =>
+  Effect.async<HttpReply>((resume) => {
     const cancel = start(attempt, (reply) => resume(Effect.succeed(reply)))
     return Effect.sync(cancel)
   })
-  if (!options.tracing) return send
-  const checked = checkUrl(attempt.url, attempt.allowPrivateNetworks)
-  return checked instanceof URL ? withClientSpan(checked, send) : send
-}
 
 const makeAgent = (lookup: typeof guardedLookup | undefined) =>
   Effect.acquireRelease(
@@ -291,14 +275,17 @@ const makeAgent = (lookup: typeof guardedLookup | undefined) =>
     (agent) => Effect.promise(() => agent.destroy()).pipe(Effect.timeoutOption(1000))
   )
 
-/** The production client: two undici Agents (guarded and open), released with the layer. */
-export const layer = (options: DeliveryHttpOptions) =>
+/**
+ * The production client: two undici Agents (guarded and open), released with the layer. It makes
+ * no spans: a traced worker makes the attempt's `http.client` span around `start` itself.
+ */
+export const layer =
   Layer.scoped(
     DeliveryHttp,
     Effect.gen(function*() {
       const guarded = yield* makeAgent(guardedLookup)
       const open = yield* makeAgent(undefined)
       const start = makeStart(guarded, open)
-      return { send: sendWith(start, options), start }
+      return { send: sendWith(start), start }
     })
   )

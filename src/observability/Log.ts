@@ -74,18 +74,10 @@ const stdout: LogOutput = (() => {
   }
 })()
 
-/**
- * Fields for one line, passed with the message: `Effect.logInfo("msg", new LogFields({...}))`.
- * Cheaper than `Effect.annotateLogs` on a hot path (no annotation map per line).
- */
-export class LogFields {
-  constructor(readonly fields: Readonly<Record<string, unknown>>) {}
-}
-
 const messageParts = (message: unknown): ReadonlyArray<unknown> => (Array.isArray(message) ? message : [message])
 
 const messageText = (parts: ReadonlyArray<unknown>): string =>
-  parts.filter((part) => !(part instanceof LogFields)).map((part) => (typeof part === "string" ? part : Inspectable.format(part))).join(" ")
+  parts.map((part) => (typeof part === "string" ? part : Inspectable.format(part))).join(" ")
 
 const currentSpan = (refs: FiberRefs.FiberRefs): Option.Option<Tracer.AnySpan> =>
   Context.getOption(FiberRefs.getOrDefault(refs, FiberRef.currentContext), Tracer.ParentSpan)
@@ -129,7 +121,6 @@ export const makeLogger = (
     const parts = messageParts(message)
     const record: Record<string, unknown> = { time: date.toISOString(), level, msg: messageText(parts), ...fields }
     for (const [key, value] of HashMap.toEntries(annotations)) record[key] = value
-    for (const part of parts) if (part instanceof LogFields) Object.assign(record, part.fields)
     const span = currentSpan(context)
     if (Option.isSome(span)) {
       record.trace_id = span.value.traceId

@@ -25,8 +25,6 @@ export interface StackOptions<ES, RS, EM, RM> {
   /** Where the worker counts: a registry served by the metrics server, or the host's own. */
   readonly metrics: Layer.Layer<Metrics, EM, RM>
   readonly instance: number
-  /** An `http.client` span per attempt (when delivery tracing is on). */
-  readonly httpSpans: boolean
   /** LISTEN/NOTIFY wake-ups; polling only when false (embedded database, pooling proxies). */
   readonly notifications: boolean
   readonly migrate: boolean
@@ -41,7 +39,7 @@ export const layer = <ES, RS, EM, RM>(options: StackOptions<ES, RS, EM, RM>) =>
   Worker.layer.pipe(
     Layer.provide(Layer.mergeAll(
       DeliveryQueue.layer,
-      DeliveryHttp.layer({ tracing: options.httpSpans }),
+      DeliveryHttp.layer,
       options.notifications ? Wakeup.layerListen : Wakeup.polling,
       options.metrics,
       Worker.WorkerIdentity.layer(options.instance)

@@ -20,6 +20,7 @@ import {
   AttemptsExhausted,
   decide,
   type Decision,
+  decisionWithoutSchedule,
   describe,
   EndpointDisabled,
   InvalidUrl,
@@ -33,6 +34,7 @@ import { memoizeBounded } from "../lib/Memo.js"
 import * as Log from "../observability/Log.js"
 import { Metrics, type WorkerMetrics } from "../observability/Metrics.js"
 import { userAgent } from "../PackageInfo.js"
+import { WORKER_POOL_SIZE } from "../db/Database.js"
 import { type ClaimedDelivery, type Completion, DeliveryQueue } from "../queue/DeliveryQueue.js"
 import { signatureHeader } from "../signing/Signer.js"
 import * as Completer from "./Completer.js"
@@ -90,7 +92,7 @@ export const prepare = (row: ClaimedDelivery, keyring: Keyring): Preparation => 
   const own = row.secretFromRow && row.secret !== null && row.secret !== "" ? keyring.decrypt(row.secret) : undefined
   const storeSecret = own !== undefined && Either.isRight(own) && keyring.needsEncryption(row.secret!) ? keyring.encrypt(own.right) : null
   const fail = (outcome: AttemptOutcome): Preparation => ({ ready: Either.left(outcome), storeSecret })
-  if (row.exhausted || row.attempt > row.maxAttempts) return fail(new AttemptsExhausted({ attempts: row.maxAttempts }))
+  if (row.exhausted) return fail(new AttemptsExhausted({ attempts: row.maxAttempts }))
   if (row.endpointId !== null && row.endpointEnabled === false) {
     return fail(new EndpointDisabled({ reason: `endpoint ${row.endpointId} is disabled` }))
   }
@@ -112,17 +114,12 @@ export const prepare = (row: ClaimedDelivery, keyring: Keyring): Preparation => 
 const statusOf = (decision: Decision) =>
   decision._tag === "Deliver" ? "delivered" as const : decision._tag === "Retry" ? "failed" as const : "dead_letter" as const
 
-const DELIVER: Decision = { _tag: "Deliver" }
-
 /**
  * After a notification, claims again this many ms later (each): producers whose commit raced the
  * notifying one were not notified themselves (see migrations/0001), and their rows become
  * visible within about a commit's fsync. Two steps catch them at once, and late ones soon after.
  */
 const SETTLE_STEPS_MS: ReadonlyArray<number> = [4, 15]
-
-/** Pooled connections the queue's statements are prepared on at start (the worker's pool has 4). */
-const WARM_CONNECTIONS = 4
 
 /** One attempt under way. */
 interface Attempt {
@@ -237,7 +234,7 @@ export const run = Effect.gen(function*() {
     const durationMs = performance.now() - attempt.startedMs
     const outcome = reply.outcome
     try {
-      const decision = outcome._tag === "Delivered" ? DELIVER : runSync(decide(outcome, row.attempt, row.maxAttempts, s))
+      const decision = decisionWithoutSchedule(outcome) ?? runSync(decide(outcome, row.attempt, row.maxAttempts, s))
       const completion: Completion = {
         id: row.id,
         attempt: row.attempt,
@@ -339,7 +336,7 @@ export const run = Effect.gen(function*() {
   })
 
   // Best effort: a database that is down now is the claim loop's to wait for.
-  yield* queue.warmUp(workerId, WARM_CONNECTIONS).pipe(
+  yield* queue.warmUp(workerId, WORKER_POOL_SIZE).pipe(
     Effect.timeoutOption(Duration.seconds(5)),
     Effect.catchAll((error) => Effect.logDebug("Warming up the queue's statements failed").pipe(Effect.annotateLogs({ error: error.message })))
   )

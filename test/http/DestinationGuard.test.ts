@@ -99,7 +99,7 @@ describe("destination guard (SSRF)", () => {
       // The same receiver is reachable once private networks are allowed.
       const allowed = yield* sendTo(`http://localhost:${port}/`, true)
       expect(allowed.outcome._tag).toBe("Delivered")
-    }).pipe(Effect.provide(Layer.fresh(DeliveryHttp.layer({ tracing: false })))))
+    }).pipe(Effect.provide(Layer.fresh(DeliveryHttp.layer))))
 
   it.scopedLive("redirects are not followed: a 302 is the attempt's outcome", () =>
     Effect.gen(function*() {
@@ -109,7 +109,7 @@ describe("destination guard (SSRF)", () => {
       const reply = yield* sendTo(receiver.url("/moved"), true)
       expect(reply.outcome).toMatchObject({ _tag: "RejectedStatus", status: 302 })
       expect(receiver.requests.map((r) => r.path)).toEqual(["/moved"])
-    }).pipe(Effect.provide(Layer.fresh(DeliveryHttp.layer({ tracing: false })))))
+    }).pipe(Effect.provide(Layer.fresh(DeliveryHttp.layer))))
 
   it.scopedLive("a response body is kept up to 64 KiB", () =>
     Effect.gen(function*() {
@@ -117,7 +117,7 @@ describe("destination guard (SSRF)", () => {
       receiver.respond = () => ({ status: 500, body: "x".repeat(200_000) })
       const reply = yield* sendTo(receiver.url(), true)
       expect(reply.responseBody).toHaveLength(64 * 1024)
-    }).pipe(Effect.provide(Layer.fresh(DeliveryHttp.layer({ tracing: false })))))
+    }).pipe(Effect.provide(Layer.fresh(DeliveryHttp.layer))))
 
   it("invalid URLs are named and never sent", () => {
     expect(DeliveryHttp.checkUrl("not a url", false)).toMatchObject({ _tag: "InvalidUrl" })

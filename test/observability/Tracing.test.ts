@@ -47,7 +47,7 @@ describe("delivery traces", () => {
         }).pipe(Effect.withSpan("POST /checkout", { kind: "server" }))
         const plain = yield* enqueue({ url: receiver.url("/plain") })
 
-        const { stop } = yield* start(workerLayer({ metrics: metrics(), httpSpans: true }))
+        const { stop } = yield* start(workerLayer({ metrics: metrics() }))
         yield* eventually(statusIs(producer.id, "delivered"), "linked delivery")
         yield* eventually(statusIs(plain, "delivered"), "plain delivery")
         yield* stop
@@ -147,7 +147,7 @@ describe("delivery traces", () => {
       const producer = { traceId: hex(16), spanId: hex(8) }
       const id = yield* Effect.gen(function*() {
         const id = yield* enqueue({ url: receiver.url(), traceparent: `00-${producer.traceId}-${producer.spanId}-01` })
-        const { stop } = yield* start(workerLayer({ metrics: metrics(), httpSpans: true }))
+        const { stop } = yield* start(workerLayer({ metrics: metrics() }))
         yield* eventually(statusIs(id, "delivered"), "delivered")
         yield* stop
         return id

@@ -18,18 +18,17 @@ export const keyring = new Keyring(Buffer.from(TEST_KEY, "base64"), [])
 
 /**
  * The worker's production layer over test settings, with the pieces observability tests vary:
- * the metrics instance and whether the HTTP client span is made. Everything else (tracer,
+ * the metrics instance and the settings. Everything else (tracer,
  * TraceDeliveries, logger) comes from whatever the caller provides around it.
  */
 export const workerLayer = (options: {
   readonly metrics: Metrics.WorkerMetrics
   readonly settings?: Partial<AppSettings>
-  readonly httpSpans?: boolean
 }) =>
   Worker.layer.pipe(
     Layer.provide(Layer.mergeAll(
       DeliveryQueue.layer,
-      DeliveryHttp.layer({ tracing: options.httpSpans ?? false }),
+      DeliveryHttp.layer,
       Wakeup.layerListen,
       Layer.succeed(Metrics.Metrics, options.metrics),
       Worker.WorkerIdentity.layer(1),

@@ -39,7 +39,7 @@ export const workerLayer = (overrides: Partial<AppSettings> = {}, options: Harne
       options.wrapQueue === undefined
         ? DeliveryQueue.layer
         : Layer.effect(DeliveryQueue, Effect.map(DeliveryQueue, options.wrapQueue)).pipe(Layer.provide(DeliveryQueue.layer)),
-      DeliveryHttp.layer({ tracing: false }),
+      DeliveryHttp.layer,
       Wakeup.layerListen,
       options.metrics ? Layer.succeed(Metrics.Metrics, options.metrics) : Metrics.layerDetached,
       Worker.WorkerIdentity.layer(1),

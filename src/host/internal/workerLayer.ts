@@ -61,7 +61,6 @@ export const layerWith = (settings: AppSettings, options: Omit<WorkerOptions, ke
     settings: Settings.layer(settings),
     metrics: metricsLayer,
     instance: options.instance ?? 1,
-    httpSpans: tracing,
     notifications: options.notifications !== false,
     migrate: options.migrate !== false
   })

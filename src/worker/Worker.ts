@@ -121,6 +121,35 @@ const statusOf = (decision: Decision) =>
  */
 const SETTLE_STEPS_MS: ReadonlyArray<number> = [4, 15]
 
+/**
+ * Rows claimed and not yet started, oldest first: while rows wait, the worker holds up to about
+ * a batch and a half beyond its slots, so each claim is a full batch and a freed slot starts the
+ * next row at once instead of waiting for a claim's round trip.
+ */
+class ClaimedAhead {
+  private rows: Array<{ readonly row: ClaimedDelivery; readonly claimedMs: number }> = []
+  private head = 0
+  get size(): number {
+    return this.rows.length - this.head
+  }
+  put(row: ClaimedDelivery, claimedMs: number): void {
+    this.rows.push({ row, claimedMs })
+  }
+  take(): { readonly row: ClaimedDelivery; readonly claimedMs: number } | undefined {
+    if (this.head >= this.rows.length) return undefined
+    const entry = this.rows[this.head++]!
+    // Compact now and then, so taking stays O(1) without the array growing forever.
+    if (this.head === this.rows.length) {
+      this.rows = []
+      this.head = 0
+    } else if (this.head > 1024 && this.head * 2 > this.rows.length) {
+      this.rows = this.rows.slice(this.head)
+      this.head = 0
+    }
+    return entry
+  }
+}
+
 /** One attempt under way. */
 interface Attempt {
   readonly row: ClaimedDelivery
@@ -159,11 +188,12 @@ export const run = Effect.gen(function*() {
   const logAttempt = yield* attemptLogger
 
   const wake = yield* Queue.sliding<void>(1)
-  const capacity = yield* Queue.sliding<void>(1)
+  const room = yield* Queue.sliding<void>(1)
   const idle = yield* Queue.sliding<void>(1)
   const attempts = new Set<Attempt>()
-  // Free slots the claim loop waits for (0: not waiting); while draining, the last attempt signals.
-  let capacityWanted = 0
+  const ahead = new ClaimedAhead()
+  // The claim loop waits for the claimed-ahead rows to run low; while draining, the last attempt signals.
+  let roomWanted = false
   let draining = false
 
   const initial = yield* settings.get
@@ -259,20 +289,46 @@ export const run = Effect.gen(function*() {
       // Only a bug gets here; the row's lease runs out and another attempt follows.
       logAttempt({ delivery_id: row.id, attempt: row.attempt, outcome: "unrecorded", error: defect instanceof Error ? defect.message : String(defect) })
     }
+    startAhead()
     metrics.inFlight(attempts.size)
-    if (capacityWanted > 0 && current.maxConcurrentDeliveries - attempts.size >= capacityWanted) {
-      capacityWanted = 0
-      capacity.unsafeOffer(undefined)
+    if (roomWanted && roomToClaim()) {
+      roomWanted = false
+      room.unsafeOffer(undefined)
     }
     if (draining && attempts.size === 0) idle.unsafeOffer(undefined)
   }
 
-  const waitForCapacity = (slots: number) =>
-    Effect.suspend(() => {
-      if (current.maxConcurrentDeliveries - attempts.size >= slots) return Effect.void
-      capacityWanted = slots
-      return Queue.take(capacity)
-    })
+  // Starts claimed-ahead rows while slots are free. Not re-entered: an attempt that settles at
+  // once (a refused URL) comes back through settle, and the loop here starts the next row.
+  let starting = false
+  const startAhead = () => {
+    if (starting || draining) return
+    starting = true
+    try {
+      while (ahead.size > 0 && attempts.size < current.maxConcurrentDeliveries) {
+        const { row, claimedMs } = ahead.take()!
+        // Held for half the lease's slack over the timeout: hand it back unattempted (claimed
+        // again at once, by any worker) rather than let its lease run out mid-attempt.
+        if (performance.now() - claimedMs > (current.leaseMs - current.deliveryTimeoutMs) / 2) {
+          completer.release({ id: row.id, attempt: row.attempt, started: false })
+        } else {
+          begin(row)
+        }
+      }
+    } finally {
+      starting = false
+    }
+  }
+
+  // A claim is due once the rows claimed ahead are fewer than half a batch: a full batch is then
+  // in hand before the free slots could empty it, so the slots never wait on a claim.
+  const roomToClaim = () => ahead.size < Math.ceil(current.batchSize / 2)
+
+  const waitForRoom = Effect.suspend(() => {
+    if (roomToClaim()) return Effect.void
+    roomWanted = true
+    return Queue.take(room)
+  })
 
   const claimRetry = Schedule.exponential(Duration.millis(100), 2).pipe(Schedule.union(Schedule.spaced(Duration.seconds(5))))
 
@@ -285,29 +341,17 @@ export const run = Effect.gen(function*() {
     while (true) {
       metrics.loopHeartbeat()
       current = yield* settings.get
-      const slots = current.maxConcurrentDeliveries
-      const free = slots - attempts.size
-      if (backlog) {
-        // While rows wait, claim in full batches (fewer, cheaper claims) but early enough that the
-        // HTTP slots never run dry: once a batch's worth is free, or half the slots when the
-        // batch is larger than that.
-        const refillAt = Math.max(1, Math.min(current.batchSize, Math.floor(slots / 2)))
-        if (free < refillAt) {
-          yield* waitForCapacity(refillAt)
-          continue
-        }
-      } else {
-        if (free <= 0) {
-          yield* waitForCapacity(1)
-          continue
-        }
+      if (!roomToClaim()) {
+        yield* waitForRoom
+        continue
+      }
+      if (!backlog) {
         const woken = yield* Queue.take(wake).pipe(Effect.timeoutOption(Duration.millis(waitMs)))
         settleStep = Option.isSome(woken) ? 0 : settleStep + 1
         current = yield* settings.get
       }
-      const limit = Math.min(current.batchSize, current.maxConcurrentDeliveries - attempts.size)
-      if (limit <= 0) continue
-      // Claim and start as one step, so shutdown never strands claimed rows between the two.
+      const limit = current.batchSize
+      // Claim and hand over as one step, so shutdown never strands claimed rows between the two.
       const claimed = yield* Effect.uninterruptible(
         queue.claim(workerId, limit, current.leaseMs).pipe(
           // Retrying on purpose (database down) is not a stuck loop: /healthz stays green, /readyz says why.
@@ -316,7 +360,13 @@ export const run = Effect.gen(function*() {
             Effect.logWarning("Claiming deliveries failed; retrying").pipe(Effect.annotateLogs({ error: error.message }))
           ),
           Effect.retry(claimRetry),
-          Effect.tap((rows) => Effect.sync(() => rows.forEach(begin)))
+          Effect.tap((rows) =>
+            Effect.sync(() => {
+              const claimedMs = performance.now()
+              for (const row of rows) ahead.put(row, claimedMs)
+              startAhead()
+            })
+          )
         )
       )
       if (claimed.length > 0) {
@@ -371,6 +421,10 @@ export const run = Effect.gen(function*() {
       yield* Fiber.interrupt(loop)
       const grace = Duration.millis(current.shutdownGracePeriodMs)
       draining = true
+      // Rows claimed ahead were never attempted: back to the queue at once, the attempt uncounted.
+      for (let entry = ahead.take(); entry !== undefined; entry = ahead.take()) {
+        completer.release({ id: entry.row.id, attempt: entry.row.attempt, started: false })
+      }
       if (attempts.size > 0) {
         yield* Effect.logInfo("Stopping: waiting for in-flight deliveries").pipe(Effect.annotateLogs({ in_flight: attempts.size }))
         // Finalizers run uninterruptibly; the wait must be interruptible for its timeout to bite.

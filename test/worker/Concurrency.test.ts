@@ -68,6 +68,48 @@ describe("workers sharing one queue", () => {
       expect(fastDone).toBeLessThan(3000)
     })), 60_000)
 
+  it.live("while every slot is busy a batch is claimed ahead; at shutdown it goes back unattempted, due at once", () =>
+    withDb(Effect.gen(function*() {
+      const receiver = yield* makeReceiver
+      receiver.respond = () => ({ status: 200, delayMs: 3000 })
+      yield* enqueue(20, receiver.url())
+      const stop = yield* startWorker({ batchSize: 6, maxConcurrentDeliveries: 2, deliveryTimeoutMs: 5000, leaseMs: 60_000 })
+      yield* receiver.waitForRequests(2)
+      // One claim of a full batch: 2 rows sending, 4 held ahead (no further claim while 3 or more wait).
+      yield* eventually(Effect.map(countByStatus, (counts) => counts.processing === 6 || undefined), "a batch claimed ahead", 2000)
+      expect(receiver.requests).toHaveLength(2)
+      yield* stop
+      const sql = yield* SqlClient.SqlClient
+      const rows = yield* sql<{ status: string; attempt_count: number; locked_by: string | null; due: boolean }>`
+        SELECT status, attempt_count, locked_by, next_retry_at <= now() AS due FROM webhook_delivery_queue`
+      // The two in flight finished and were recorded; the four held ahead went back uncounted.
+      expect(receiver.requests).toHaveLength(2)
+      expect(rows.filter((row) => row.status === "delivered")).toHaveLength(2)
+      expect(rows.filter((row) => row.status !== "delivered")).toEqual(
+        Array.from({ length: 18 }, () => ({ status: "pending", attempt_count: 0, locked_by: null, due: true }))
+      )
+    })), 30_000)
+
+  it.live("a row held ahead for half its lease's slack is handed back unsent, never attempted past its lease", () =>
+    withDb(Effect.gen(function*() {
+      const receiver = yield* makeReceiver
+      receiver.respond = () => ({ status: 200, delayMs: 900 })
+      yield* enqueue(4, receiver.url())
+      // The lease outlasts the timeout by 0.2 s: a row held ahead 0.1 s goes back rather than out
+      // (sent after 0.9 s in hand, its lease would run out mid-attempt and it would be claimed again).
+      const stop = yield* startWorker({ batchSize: 4, maxConcurrentDeliveries: 1, deliveryTimeoutMs: 1000, leaseMs: 1200 })
+      yield* eventually(Effect.map(countByStatus, (counts) => counts.delivered === 4 || undefined), "all delivered", 20_000)
+      yield* stop
+      const sql = yield* SqlClient.SqlClient
+      const attempts = yield* sql<{ attempt_count: number }>`SELECT attempt_count FROM webhook_delivery_queue`
+      // Each was sent once, on its first counted attempt, though most were claimed more than once.
+      expect(attempts.map((row) => row.attempt_count)).toEqual([1, 1, 1, 1])
+      expect(receiver.requests).toHaveLength(4)
+      expect(new Set(receiver.requests.map((request) => request.headers["webhook-id"])).size).toBe(4)
+      const logged = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM webhook_delivery_log`
+      expect(logged[0]!.n).toBe(4)
+    })), 30_000)
+
   it.live("an idempotency key queues one delivery per destination; a repeat returns the first id", () =>
     withDb(Effect.gen(function*() {
       const first = yield* enqueue(1, "https://example.com/a", { idempotencyKey: () => "order-1" })

@@ -121,6 +121,9 @@ const statusOf = (decision: Decision) =>
  */
 const SETTLE_STEPS_MS: ReadonlyArray<number> = [4, 15]
 
+/** How long the claim loop waits for claimed-ahead rows to run low before it goes round again. */
+const ROOM_RECHECK = Duration.seconds(5)
+
 /**
  * Rows claimed and not yet started, oldest first: while rows wait, the worker holds up to about
  * a batch and a half beyond its slots, so each claim is a full batch and a freed slot starts the
@@ -324,10 +327,11 @@ export const run = Effect.gen(function*() {
   // in hand before the free slots could empty it, so the slots never wait on a claim.
   const roomToClaim = () => ahead.size < Math.ceil(current.batchSize / 2)
 
+  // Bounded, so the loop goes round (and /healthz sees it) while slow endpoints hold every slot.
   const waitForRoom = Effect.suspend(() => {
     if (roomToClaim()) return Effect.void
     roomWanted = true
-    return Queue.take(room)
+    return Queue.take(room).pipe(Effect.timeoutOption(ROOM_RECHECK))
   })
 
   const claimRetry = Schedule.exponential(Duration.millis(100), 2).pipe(Schedule.union(Schedule.spaced(Duration.seconds(5))))

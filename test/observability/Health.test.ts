@@ -81,6 +81,29 @@ describe("/healthz and /readyz", () => {
       yield* stopServer
     })))
 
+  it.live("/healthz stays 200 while slow endpoints hold every slot and claimed rows wait their turn", () =>
+    scoped(Effect.gen(function*() {
+      const receiver = yield* makeReceiver
+      receiver.respond = () => ({ status: 200, delayMs: 9000 })
+      for (let i = 0; i < 6; i++) yield* insertRaw({ url: receiver.url() })
+      const metrics = Metrics.make({ tenantLabels: true, processMetrics: false })
+      const { server, stop: stopServer } = yield* startServer(metrics, { stuckAfter: "6 seconds" })
+      // One slot, held 9 s; rows claimed ahead wait for it and no claim is due meanwhile.
+      const { stop: stopWorker } = yield* start(workerLayer({
+        metrics,
+        settings: { maxConcurrentDeliveries: 1, batchSize: 6, deliveryTimeoutMs: 10_000, leaseMs: 60_000 }
+      }))
+      yield* receiver.waitForRequests(1)
+      const deadline = Date.now() + 8_000
+      while (Date.now() < deadline) {
+        expect((yield* status(server.url("/healthz"))).status).toBe(200)
+        yield* Effect.sleep("500 millis")
+      }
+      expect(receiver.requests).toHaveLength(1)
+      yield* stopWorker
+      yield* stopServer
+    })), 30_000)
+
   it.live("/healthz is 503 once the claim loop stops going round, and 200 again when it does", () =>
     scoped(Effect.gen(function*() {
       const metrics = Metrics.make({ tenantLabels: true, processMetrics: false })

@@ -15,6 +15,8 @@ export interface WorkerMetrics {
   readonly retryScheduled: () => void
   readonly attemptDuration: (seconds: number, outcome: string) => void
   readonly inFlight: (count: number) => void
+  /** Rows claimed and waiting in this process for a free slot. */
+  readonly claimedAhead: (count: number) => void
   readonly claimed: (rows: number) => void
   readonly leaseLost: (rows: number) => void
   readonly leasesReclaimed: (rows: number) => void
@@ -83,6 +85,11 @@ export const make = (options: MetricsOptions): WorkerMetrics => {
     help: "HTTP deliveries in flight in this process",
     registers
   })
+  const ahead = new Prom.Gauge({
+    name: "webhook_rows_claimed_ahead",
+    help: "Rows claimed by this process and waiting for a free delivery slot",
+    registers
+  })
   const claimed = new Prom.Counter({
     name: "webhook_rows_claimed_total",
     help: "Rows claimed (leased) by this process",
@@ -135,6 +142,7 @@ export const make = (options: MetricsOptions): WorkerMetrics => {
     retryScheduled: () => retries.inc(),
     attemptDuration: (seconds, outcome) => duration.observe({ outcome }, seconds),
     inFlight: (count) => inFlight.set(count),
+    claimedAhead: (count) => ahead.set(count),
     claimed: (rows) => claimed.inc(rows),
     leaseLost: (rows) => leaseLost.inc(rows),
     leasesReclaimed: (rows) => reclaimed.inc(rows),

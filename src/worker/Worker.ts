@@ -321,6 +321,7 @@ export const run = Effect.gen(function*() {
     } finally {
       starting = false
     }
+    metrics.claimedAhead(ahead.size)
   }
 
   // A claim is due once the rows claimed ahead are fewer than half a batch: a full batch is then
@@ -429,6 +430,7 @@ export const run = Effect.gen(function*() {
       for (let entry = ahead.take(); entry !== undefined; entry = ahead.take()) {
         completer.release({ id: entry.row.id, attempt: entry.row.attempt, started: false })
       }
+      metrics.claimedAhead(0)
       if (attempts.size > 0) {
         yield* Effect.logInfo("Stopping: waiting for in-flight deliveries").pipe(Effect.annotateLogs({ in_flight: attempts.size }))
         // Finalizers run uninterruptibly; the wait must be interruptible for its timeout to bite.

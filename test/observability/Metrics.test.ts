@@ -144,6 +144,26 @@ describe("GET /metrics", () => {
       yield* stopServer
     })))
 
+  it.live("webhook_rows_claimed_ahead counts the claimed rows waiting for a slot, and is 0 once the worker stops", () =>
+    scoped(Effect.gen(function*() {
+      const receiver = yield* makeReceiver
+      receiver.respond = () => ({ status: 200, delayMs: 1500 })
+      const metrics = Metrics.make({ tenantLabels: true, processMetrics: false })
+      const { server, stop: stopServer } = yield* startServer(metrics)
+      for (let i = 0; i < 4; i++) yield* insertRaw({ url: receiver.url() })
+      const { stop } = yield* start(workerLayer({ metrics, settings: { maxConcurrentDeliveries: 1, batchSize: 4 } }))
+      yield* receiver.waitForRequests(1)
+      const during = yield* scrape(server)
+      expect(sample(during.samples, "webhook_deliveries_in_flight")).toBe(1)
+      expect(sample(during.samples, "webhook_rows_claimed_ahead")).toBe(3)
+      yield* stop
+      const after = yield* scrape(server)
+      expect(sample(after.samples, "webhook_rows_claimed_ahead")).toBe(0)
+      // Stopping sent none of the waiting rows: only the one in flight went out.
+      expect(receiver.requests).toHaveLength(1)
+      yield* stopServer
+    })))
+
   it.live("webhook_leases_reclaimed_total counts a processing row whose lease expired, claimed again by the worker", () =>
     scoped(Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient

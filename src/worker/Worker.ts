@@ -121,8 +121,19 @@ const statusOf = (decision: Decision) =>
  */
 const SETTLE_STEPS_MS: ReadonlyArray<number> = [4, 15]
 
-/** How long the claim loop waits for claimed-ahead rows to run low before it goes round again. */
-const ROOM_RECHECK = Duration.seconds(5)
+/**
+ * How long the claim loop waits, while rows are claimed ahead, before it goes round again: it
+ * hands back rows held too long, and /healthz sees it going round while slow endpoints hold
+ * every slot.
+ */
+const AHEAD_RECHECK_MS = 1000
+
+/**
+ * A row claimed ahead waits at most this long for a slot (or half the lease's slack over the
+ * timeout, if less); then it goes back to the queue unattempted, for a worker with a free slot.
+ * At full speed rows wait milliseconds; this bounds what slots stuck on slow endpoints cost them.
+ */
+const AHEAD_MAX_WAIT_MS = 2000
 
 /**
  * Rows claimed and not yet started, oldest first: while rows wait, the worker holds up to about
@@ -134,6 +145,9 @@ class ClaimedAhead {
   private head = 0
   get size(): number {
     return this.rows.length - this.head
+  }
+  oldestClaimedMs(): number | undefined {
+    return this.rows[this.head]?.claimedMs
   }
   put(row: ClaimedDelivery, claimedMs: number): void {
     this.rows.push({ row, claimedMs })
@@ -197,6 +211,8 @@ export const run = Effect.gen(function*() {
   const ahead = new ClaimedAhead()
   // The claim loop waits for the claimed-ahead rows to run low; while draining, the last attempt signals.
   let roomWanted = false
+  // Rows were handed back for waiting too long: claim no more ahead until a slot frees.
+  let heldTooLong = false
   let draining = false
 
   const initial = yield* settings.get
@@ -301,6 +317,13 @@ export const run = Effect.gen(function*() {
     if (draining && attempts.size === 0) idle.unsafeOffer(undefined)
   }
 
+  const maxWaitMs = () => Math.min(AHEAD_MAX_WAIT_MS, (current.leaseMs - current.deliveryTimeoutMs) / 2)
+
+  const handBack = (row: ClaimedDelivery) => {
+    heldTooLong = true
+    completer.release({ id: row.id, attempt: row.attempt, started: false })
+  }
+
   // Starts claimed-ahead rows while slots are free. Not re-entered: an attempt that settles at
   // once (a refused URL) comes back through settle, and the loop here starts the next row.
   let starting = false
@@ -310,13 +333,8 @@ export const run = Effect.gen(function*() {
     try {
       while (ahead.size > 0 && attempts.size < current.maxConcurrentDeliveries) {
         const { row, claimedMs } = ahead.take()!
-        // Held for half the lease's slack over the timeout: hand it back unattempted (claimed
-        // again at once, by any worker) rather than let its lease run out mid-attempt.
-        if (performance.now() - claimedMs > (current.leaseMs - current.deliveryTimeoutMs) / 2) {
-          completer.release({ id: row.id, attempt: row.attempt, started: false })
-        } else {
-          begin(row)
-        }
+        if (performance.now() - claimedMs > maxWaitMs()) handBack(row)
+        else begin(row)
       }
     } finally {
       starting = false
@@ -324,15 +342,23 @@ export const run = Effect.gen(function*() {
     metrics.claimedAhead(ahead.size)
   }
 
-  // A claim is due once the rows claimed ahead are fewer than half a batch: a full batch is then
-  // in hand before the free slots could empty it, so the slots never wait on a claim.
-  const roomToClaim = () => ahead.size < Math.ceil(current.batchSize / 2)
+  // Oldest first: hands back the rows that have waited too long for a slot.
+  const handBackStale = () => {
+    const now = performance.now()
+    while (ahead.size > 0 && now - ahead.oldestClaimedMs()! > maxWaitMs()) handBack(ahead.take()!.row)
+    metrics.claimedAhead(ahead.size)
+  }
 
-  // Bounded, so the loop goes round (and /healthz sees it) while slow endpoints hold every slot.
+  // A claim is due once the rows claimed ahead are fewer than half a batch (a full batch is then
+  // in hand before the free slots could empty it, so the slots never wait on a claim), unless
+  // rows were just handed back for waiting and every slot is still busy.
+  const roomToClaim = () =>
+    ahead.size < Math.ceil(current.batchSize / 2) && !(heldTooLong && attempts.size >= current.maxConcurrentDeliveries)
+
   const waitForRoom = Effect.suspend(() => {
     if (roomToClaim()) return Effect.void
     roomWanted = true
-    return Queue.take(room).pipe(Effect.timeoutOption(ROOM_RECHECK))
+    return Queue.take(room).pipe(Effect.timeoutOption(Duration.millis(AHEAD_RECHECK_MS)))
   })
 
   const claimRetry = Schedule.exponential(Duration.millis(100), 2).pipe(Schedule.union(Schedule.spaced(Duration.seconds(5))))
@@ -346,16 +372,20 @@ export const run = Effect.gen(function*() {
     while (true) {
       metrics.loopHeartbeat()
       current = yield* settings.get
+      handBackStale()
       if (!roomToClaim()) {
         yield* waitForRoom
         continue
       }
       if (!backlog) {
-        const woken = yield* Queue.take(wake).pipe(Effect.timeoutOption(Duration.millis(waitMs)))
+        const woken = yield* Queue.take(wake).pipe(
+          Effect.timeoutOption(Duration.millis(ahead.size > 0 ? Math.min(waitMs, AHEAD_RECHECK_MS) : waitMs))
+        )
         settleStep = Option.isSome(woken) ? 0 : settleStep + 1
         current = yield* settings.get
       }
       const limit = current.batchSize
+      heldTooLong = false
       // Claim and hand over as one step, so shutdown never strands claimed rows between the two.
       const claimed = yield* Effect.uninterruptible(
         queue.claim(workerId, limit, current.leaseMs).pipe(

@@ -90,6 +90,28 @@ describe("workers sharing one queue", () => {
       )
     })), 30_000)
 
+  it.live("rows claimed ahead by a worker whose slots hang go back within seconds, and a worker with free slots sends them", () =>
+    withDb(Effect.gen(function*() {
+      const receiver = yield* makeReceiver
+      receiver.respond = (request) => (request.path === "/hang" ? { status: 200, delayMs: 12_000 } : { status: 200 })
+      yield* enqueue(1, receiver.url("/hang"))
+      const stopA = yield* startWorker({ batchSize: 4, maxConcurrentDeliveries: 1, deliveryTimeoutMs: 15_000, leaseMs: 60_000 })
+      yield* receiver.waitForRequests(1)
+      yield* enqueue(4, receiver.url("/fast"))
+      // The busy worker claims them ahead of its one hanging slot…
+      yield* eventually(Effect.map(countByStatus, (counts) => counts.processing === 5 || undefined), "rows claimed ahead", 5000)
+      const enqueued = Date.now()
+      const stopB = yield* startWorker({ batchSize: 10, maxConcurrentDeliveries: 10, deliveryTimeoutMs: 15_000, leaseMs: 60_000 })
+      // …and hands them back after 2 s of waiting, not after the 12 s its slot is held.
+      yield* eventually(Effect.map(countByStatus, (counts) => counts.delivered === 4 || undefined), "fast rows delivered", 8000)
+      expect(Date.now() - enqueued).toBeLessThan(5000)
+      const fast = receiver.requests.filter((request) => request.path === "/fast")
+      expect(new Set(fast.map((request) => request.headers["webhook-id"])).size).toBe(4)
+      expect(fast).toHaveLength(4)
+      yield* stopB
+      yield* stopA
+    })), 40_000)
+
   it.live("a row held ahead for half its lease's slack is handed back unsent, never attempted past its lease", () =>
     withDb(Effect.gen(function*() {
       const receiver = yield* makeReceiver

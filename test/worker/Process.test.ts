@@ -48,14 +48,17 @@ describe("the worker process", () => {
       let hang = true
       receiver.respond = () => ({ status: 200, delayMs: hang ? 60_000 : 0 })
       yield* insertMany(80, receiver.url())
-      const env = workerEnv(db.url, { MAX_CONCURRENT_DELIVERIES: "10", DELIVERY_TIMEOUT: "1.5", WORKER_LEASE_SECONDS: "2" })
+      const env = workerEnv(db.url, { MAX_CONCURRENT_DELIVERIES: "10", DELIVERY_TIMEOUT: "3", WORKER_LEASE_SECONDS: "4" })
       const first = yield* spawnCli(["run"], env)
       yield* receiver.waitForRequests(10)
-      // 10 in flight and a batch (WORKER_BATCH_SIZE 10) claimed ahead: 20 leased, 10 of them sent.
-      yield* eventually(Effect.map(statusCounts, (c) => c.processing === 20 || undefined), "a batch claimed ahead", 5000)
+      // A batch (WORKER_BATCH_SIZE 10) is claimed ahead behind the 10 hanging slots, handed back
+      // once it has waited half the lease's slack (0.5 s), and no more is claimed while every
+      // slot hangs; the kill comes before the attempts' 3 s timeout.
+      yield* eventually(Effect.map(statusCounts, (c) => c.processing === 20 || undefined), "a batch claimed ahead", 2000)
+      yield* eventually(Effect.map(statusCounts, (c) => c.processing === 10 || undefined), "the batch held ahead handed back", 2000)
       yield* first.signal("SIGKILL")
       yield* first.exited
-      expect(yield* statusCounts).toEqual({ processing: 20, pending: 60 })
+      expect(yield* statusCounts).toEqual({ processing: 10, pending: 70 })
       hang = false
       const second = yield* spawnCli(["run", "--instance", "2"], env)
       yield* eventually(Effect.map(statusCounts, (c) => c.delivered === 80 || undefined), "every row delivered", 30_000)
@@ -63,8 +66,7 @@ describe("the worker process", () => {
       expect(yield* second.exited).toBe(0)
       const ids = new Set(receiver.requests.map((r) => r.headers["webhook-id"]))
       expect(ids.size).toBe(80)
-      // At-least-once: exactly the 10 rows in flight at the kill were sent again, with the same
-      // webhook-id; the 10 claimed ahead waited out their lease unsent.
+      // At-least-once: exactly the 10 rows in flight at the kill were sent again, with the same webhook-id.
       expect(receiver.requests).toHaveLength(90)
     })), 60_000)
 

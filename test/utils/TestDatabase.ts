@@ -27,6 +27,15 @@ export const testDatabase = Effect.acquireRelease(
   }),
   ({ name }) =>
     admin(async (client) => {
+      // Connections the scope closed may still be saying goodbye: a backend terminated then hands
+      // its client an error after the pool stopped listening (an uncaught error in the run). Give
+      // them a moment to go by themselves; only stragglers are terminated.
+      const deadline = Date.now() + 2000
+      while (Date.now() < deadline) {
+        const { rows } = await client.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1`, [name])
+        if (rows[0]!.n === 0) break
+        await new Promise((resolve) => setTimeout(resolve, 20))
+      }
       await client.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, [name])
       await client.query(`DROP DATABASE IF EXISTS ${name}`)
     })

@@ -324,29 +324,29 @@ export const run = Effect.gen(function*() {
     completer.release({ id: row.id, attempt: row.attempt, started: false })
   }
 
-  // Starts claimed-ahead rows while slots are free. Not re-entered: an attempt that settles at
-  // once (a refused URL) comes back through settle, and the loop here starts the next row.
+  // The gauge is set when the count changes, not on every settle.
+  let reportedAhead = 0
+  const reportAhead = () => {
+    if (ahead.size === reportedAhead) return
+    reportedAhead = ahead.size
+    metrics.claimedAhead(reportedAhead)
+  }
+
+  // Hands back the rows that have waited too long for a slot (oldest first, so they lead), then
+  // starts the rest while slots are free. Not re-entered: an attempt that settles at once (a
+  // refused URL) comes back through settle, and the loop here starts the next row.
   let starting = false
   const startAhead = () => {
-    if (starting || draining) return
+    if (starting || draining || ahead.size === 0) return
     starting = true
     try {
-      while (ahead.size > 0 && attempts.size < current.maxConcurrentDeliveries) {
-        const { row, claimedMs } = ahead.take()!
-        if (performance.now() - claimedMs > maxWaitMs()) handBack(row)
-        else begin(row)
-      }
+      const staleBefore = performance.now() - maxWaitMs()
+      while (ahead.size > 0 && ahead.oldestClaimedMs()! < staleBefore) handBack(ahead.take()!.row)
+      while (ahead.size > 0 && attempts.size < current.maxConcurrentDeliveries) begin(ahead.take()!.row)
     } finally {
       starting = false
     }
-    metrics.claimedAhead(ahead.size)
-  }
-
-  // Oldest first: hands back the rows that have waited too long for a slot.
-  const handBackStale = () => {
-    const now = performance.now()
-    while (ahead.size > 0 && now - ahead.oldestClaimedMs()! > maxWaitMs()) handBack(ahead.take()!.row)
-    metrics.claimedAhead(ahead.size)
+    reportAhead()
   }
 
   // A claim is due once the rows claimed ahead are fewer than half a batch (a full batch is then
@@ -372,7 +372,8 @@ export const run = Effect.gen(function*() {
     while (true) {
       metrics.loopHeartbeat()
       current = yield* settings.get
-      handBackStale()
+      // Hands back rows held too long, and fills slots a reload added.
+      startAhead()
       if (!roomToClaim()) {
         yield* waitForRoom
         continue
@@ -457,10 +458,8 @@ export const run = Effect.gen(function*() {
       const grace = Duration.millis(current.shutdownGracePeriodMs)
       draining = true
       // Rows claimed ahead were never attempted: back to the queue at once, the attempt uncounted.
-      for (let entry = ahead.take(); entry !== undefined; entry = ahead.take()) {
-        completer.release({ id: entry.row.id, attempt: entry.row.attempt, started: false })
-      }
-      metrics.claimedAhead(0)
+      for (let entry = ahead.take(); entry !== undefined; entry = ahead.take()) handBack(entry.row)
+      reportAhead()
       if (attempts.size > 0) {
         yield* Effect.logInfo("Stopping: waiting for in-flight deliveries").pipe(Effect.annotateLogs({ in_flight: attempts.size }))
         // Finalizers run uninterruptibly; the wait must be interruptible for its timeout to bite.

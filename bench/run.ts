@@ -196,8 +196,13 @@ const main = async () => {
   }
 }
 
-main().catch((error: unknown) => {
-  process.stderr.write(`bench: ${error instanceof Error ? error.stack ?? error.message : String(error)}\n`)
-  killAll()
-  process.exitCode = 1
-})
+main().then(
+  // Deadline timers left over from races (a burn-down's timeout, minutes long) would otherwise
+  // keep the process alive long after the run is over.
+  () => process.exit(),
+  (error: unknown) => {
+    process.stderr.write(`bench: ${error instanceof Error ? error.stack ?? error.message : String(error)}\n`)
+    killAll()
+    process.exit(1)
+  }
+)

@@ -35,6 +35,8 @@ export interface BenchOptions {
   readonly cpuProfile: boolean
   /** NODE_OPTIONS for our worker process (experiments: --max-semi-space-size=…). */
   readonly workerNodeOptions: string | undefined
+  /** More flags on our worker's node command line: V8 flags NODE_OPTIONS refuses (--trace-gc, --trace-deopt). */
+  readonly workerNodeFlags: ReadonlyArray<string>
   readonly build: boolean
   readonly keepLogs: boolean
   readonly out: string
@@ -68,6 +70,7 @@ export const usage = `Usage: npm run bench -- [flags]
   --rss-delay-ms D        receiver holds each response D ms in the RSS phase (default 1000)
   --quiet-wait S          before each pass wait up to S s for the machine to be quiet (default 10)
   --worker-node-options S NODE_OPTIONS for our worker (e.g. "--max-semi-space-size=4")
+  --worker-node-flags=S   more node flags for our worker, space-separated (e.g. --worker-node-flags="--trace-gc --trace-deopt", with --keep-logs)
   --cpu-prof              write a V8 CPU profile of our worker per burn-down and summarise it
   --no-build              do not rebuild dist/ when src/ is newer
   --keep-logs             keep worker and receiver logs (printed path)
@@ -121,6 +124,7 @@ export const parse = (argv: ReadonlyArray<string>): BenchOptions | "help" => {
       "quiet-wait": { type: "string" },
       "cpu-prof": { type: "boolean" },
       "worker-node-options": { type: "string" },
+      "worker-node-flags": { type: "string" },
       "no-build": { type: "boolean" },
       "keep-logs": { type: "boolean" },
       out: { type: "string" },
@@ -166,6 +170,7 @@ export const parse = (argv: ReadonlyArray<string>): BenchOptions | "help" => {
     quietWaitSeconds: values["quiet-wait"] === undefined ? (quick ? 0 : 10) : Number(values["quiet-wait"]),
     cpuProfile: values["cpu-prof"] === true,
     workerNodeOptions: values["worker-node-options"],
+    workerNodeFlags: (values["worker-node-flags"] ?? "").split(" ").filter((flag) => flag !== ""),
     build: values["no-build"] !== true,
     keepLogs: values["keep-logs"] === true,
     out: values.out ?? "bench/results/latest.json"

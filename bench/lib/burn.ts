@@ -122,7 +122,8 @@ export const burnDown = async (ctx: Context, name: SystemName, repeat: number): 
       logFile: workerLog,
       probeFile,
       env: ourWorkerEnv(ctx, name),
-      cpuProfileDir: profileDir
+      cpuProfileDir: profileDir,
+      nodeFlags: ctx.options.workerNodeFlags
     })
     const worker = child
     const exited = worker.exited.then(() => "exited" as const)

@@ -147,7 +147,8 @@ export const latency = async (ctx: Context, name: SystemName, repeat: number): P
       logFile: logFile(ctx, `latency-${name}-r${repeat}`),
       probeFile: "",
       env: ourWorkerEnv(ctx, name),
-      cpuProfileDir: undefined
+      cpuProfileDir: undefined,
+      nodeFlags: ctx.options.workerNodeFlags
     })
     if (!(await system.waitReady(worker, 30_000))) {
       return { system: name, repeat, ok: false, error: `worker not ready:\n${worker.tail()}`, machineBusyBeforePct, rates }

@@ -50,7 +50,8 @@ export const rss = async (ctx: Context): Promise<RssResult> => {
       logFile: logFile(ctx, "rss-ours"),
       probeFile,
       env: ourWorkerEnv(ctx),
-      cpuProfileDir: undefined
+      cpuProfileDir: undefined,
+      nodeFlags: ctx.options.workerNodeFlags
     })
     const started = await Promise.race([first.promise, sleep(60_000).then(() => null)])
     if (started === null) {

@@ -41,6 +41,8 @@ export interface WorkerOptions {
   readonly env: Record<string, string>
   /** Our worker only: write a V8 CPU profile into this directory. */
   readonly cpuProfileDir: string | undefined
+  /** More node flags for our worker (`--worker-node-flags`); peers ignore them. */
+  readonly nodeFlags: ReadonlyArray<string>
 }
 
 /** A queue with its schema set up in one database. */
@@ -157,6 +159,7 @@ export const ours = (targetUrl: string, mode: DestinationMode, name: "ours" | "o
       nodeArgs: [
         ...launcherFlags(),
         ...probeArgs(),
+        ...options.nodeFlags,
         ...(options.cpuProfileDir === undefined ? [] : ["--cpu-prof", "--cpu-prof-dir", options.cpuProfileDir])
       ],
       env: {

@@ -1,9 +1,9 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import type * as SqlError from "@effect/sql/SqlError"
 import * as Context from "effect/Context"
+import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Schema from "effect/Schema"
 import type * as Tracer from "effect/Tracer"
 
 /** A row claimed by this worker, with what delivering it needs. */
@@ -34,25 +34,64 @@ export interface ClaimedDelivery {
   readonly exhausted: boolean
 }
 
-const ClaimRow = Schema.Struct({
-  id: Schema.String,
-  user_id: Schema.NullOr(Schema.String),
-  endpoint_id: Schema.NullOr(Schema.String),
-  endpoint_enabled: Schema.NullOr(Schema.Boolean),
-  url: Schema.NullOr(Schema.String),
-  secret: Schema.NullOr(Schema.String),
-  secret_from_row: Schema.Boolean,
-  previous_secret: Schema.NullOr(Schema.String),
-  event_type: Schema.String,
-  payload: Schema.String,
-  created_at_ms: Schema.Number,
-  attempt: Schema.Number,
-  max_attempts: Schema.Number,
-  traceparent: Schema.NullOr(Schema.String),
-  reclaimed: Schema.Boolean,
-  exhausted: Schema.Boolean
-})
-const decodeClaimRows = Schema.decodeUnknown(Schema.Array(ClaimRow))
+/** A claimed row whose columns are not what webhook_claim_deliveries returns: a schema mismatch. */
+export class ClaimRowMismatch extends Data.TaggedError("ClaimRowMismatch")<{ readonly column: string; readonly expected: string; readonly got: string }> {
+  override get message() {
+    return `webhook_claim_deliveries returned ${this.got} in column ${this.column}, expected ${this.expected} (is the database migrated by this version?)`
+  }
+}
+
+type ColumnType = "string" | "number" | "boolean"
+
+// The claim function's columns and their types; `nullable` ones may be null.
+const CLAIM_COLUMNS: ReadonlyArray<readonly [column: string, type: ColumnType, nullable: boolean]> = [
+  ["id", "string", false],
+  ["user_id", "string", true],
+  ["endpoint_id", "string", true],
+  ["endpoint_enabled", "boolean", true],
+  ["url", "string", true],
+  ["secret", "string", true],
+  ["secret_from_row", "boolean", false],
+  ["previous_secret", "string", true],
+  ["event_type", "string", false],
+  ["payload", "string", false],
+  ["created_at_ms", "number", false],
+  ["attempt", "number", false],
+  ["max_attempts", "number", false],
+  ["traceparent", "string", true],
+  ["reclaimed", "boolean", false],
+  ["exhausted", "boolean", false]
+]
+
+/** The first column of `row` whose value is not of its type, if any. */
+const claimRowMismatch = (row: Readonly<Record<string, unknown>>): ClaimRowMismatch | undefined => {
+  for (const [column, type, nullable] of CLAIM_COLUMNS) {
+    const value = row[column]
+    if (typeof value === type || (nullable && value === null)) continue
+    return new ClaimRowMismatch({
+      column,
+      expected: nullable ? `${type} or null` : type,
+      got: value === null ? "null" : value === undefined ? "nothing" : typeof value
+    })
+  }
+  return undefined
+}
+
+/**
+ * Checked by hand, not with Schema: a claim decodes every row of every batch, and Schema's
+ * decoder allocated about 5 KB per row (measured with a sampling heap profile), a sixth of all
+ * the worker allocates per delivery.
+ */
+const decodeClaimRows = (rows: ReadonlyArray<Readonly<Record<string, unknown>>>): Effect.Effect<Array<ClaimedDelivery>> => {
+  const claimed: Array<ClaimedDelivery> = []
+  for (const row of rows) {
+    const mismatch = claimRowMismatch(row)
+    // Not bad input (rows are validated at enqueue): the code and the database disagree, loudly.
+    if (mismatch !== undefined) return Effect.die(mismatch)
+    claimed.push(toClaimed(row as unknown as ClaimRow))
+  }
+  return Effect.succeed(claimed)
+}
 
 export type CompletionStatus = "delivered" | "failed" | "dead_letter"
 
@@ -140,12 +179,7 @@ export class DeliveryQueue extends Context.Tag("webhook-worker/DeliveryQueue")<D
       const sql = yield* SqlClient.SqlClient
       return {
         claim: (workerId, limit, leaseMs) =>
-          sql.unsafe(CLAIM_SQL, [workerId, leaseMs, limit]).pipe(
-            Effect.flatMap((rows) => decodeClaimRows(rows)),
-            Effect.map((rows) => rows.map(toClaimed)),
-            // A row that does not decode is a schema mismatch, not bad input: surface it loudly.
-            Effect.catchTag("ParseError", (error) => Effect.die(error))
-          ),
+          sql.unsafe<Record<string, unknown>>(CLAIM_SQL, [workerId, leaseMs, limit]).pipe(Effect.flatMap(decodeClaimRows)),
         complete: (workerId, completions, audit) =>
           completions.length === 0
             ? Effect.succeed(new Set<string>())
@@ -197,7 +231,27 @@ export class DeliveryQueue extends Context.Tag("webhook-worker/DeliveryQueue")<D
   )
 }
 
-const toClaimed = (row: typeof ClaimRow.Type): ClaimedDelivery => ({
+/** A row of webhook_claim_deliveries, once its columns are checked. */
+interface ClaimRow {
+  readonly id: string
+  readonly user_id: string | null
+  readonly endpoint_id: string | null
+  readonly endpoint_enabled: boolean | null
+  readonly url: string | null
+  readonly secret: string | null
+  readonly secret_from_row: boolean
+  readonly previous_secret: string | null
+  readonly event_type: string
+  readonly payload: string
+  readonly created_at_ms: number
+  readonly attempt: number
+  readonly max_attempts: number
+  readonly traceparent: string | null
+  readonly reclaimed: boolean
+  readonly exhausted: boolean
+}
+
+const toClaimed = (row: ClaimRow): ClaimedDelivery => ({
   id: row.id,
   userId: row.user_id,
   endpointId: row.endpoint_id,

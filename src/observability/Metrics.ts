@@ -50,11 +50,21 @@ export const make = (options: MetricsOptions): WorkerMetrics => {
 
   // Without tenant labels the series has no labels at all (not empty ones), so a fleet with many
   // tenants keeps one series and `sum(rate(webhooks_delivered_total[5m]))` reads the same either way.
-  const delivered = new Prom.Counter({
+  // Counted in a plain map and added to the counter when it is read (a scrape): prom-client's
+  // inc with labels builds a label hash and validates the labels on every call, once per delivery.
+  const deliveredPending = new Map<string, { readonly labels: { user_id: string; partner_id: string }; count: number }>()
+  let deliveredUnlabelled = 0
+  new Prom.Counter({
     name: "webhooks_delivered_total",
     help: "Webhooks delivered (2xx)",
     labelNames: options.tenantLabels ? ["user_id", "partner_id"] : [],
-    registers
+    registers,
+    collect() {
+      if (deliveredUnlabelled > 0) this.inc(deliveredUnlabelled)
+      deliveredUnlabelled = 0
+      for (const pending of deliveredPending.values()) if (pending.count > 0) this.inc(pending.labels, pending.count)
+      deliveredPending.clear()
+    }
   })
   const failed = new Prom.Counter({
     name: "webhooks_failed_total",
@@ -80,10 +90,15 @@ export const make = (options: MetricsOptions): WorkerMetrics => {
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30],
     registers
   })
-  const inFlight = new Prom.Gauge({
+  // Changes on every attempt; read when scraped.
+  let inFlightCount = 0
+  new Prom.Gauge({
     name: "webhook_deliveries_in_flight",
     help: "HTTP deliveries in flight in this process",
-    registers
+    registers,
+    collect() {
+      this.set(inFlightCount)
+    }
   })
   const ahead = new Prom.Gauge({
     name: "webhook_rows_claimed_ahead",
@@ -135,13 +150,23 @@ export const make = (options: MetricsOptions): WorkerMetrics => {
 
   return {
     registry,
-    delivered: (userId, partnerId) =>
-      options.tenantLabels ? delivered.inc({ user_id: userId ?? "", partner_id: partnerId ?? "" }) : delivered.inc(),
+    delivered: (userId, partnerId) => {
+      if (!options.tenantLabels) {
+        deliveredUnlabelled++
+        return
+      }
+      const key = `${userId ?? ""}\u0000${partnerId ?? ""}`
+      const pending = deliveredPending.get(key)
+      if (pending !== undefined) pending.count++
+      else deliveredPending.set(key, { labels: { user_id: userId ?? "", partner_id: partnerId ?? "" }, count: 1 })
+    },
     failed: (reason) => failed.inc({ reason }),
     deadLettered: (reason) => deadLettered.inc({ reason }),
     retryScheduled: () => retries.inc(),
     attemptDuration: (seconds, outcome) => duration.observe({ outcome }, seconds),
-    inFlight: (count) => inFlight.set(count),
+    inFlight: (count) => {
+      inFlightCount = count
+    },
     claimedAhead: (count) => ahead.set(count),
     claimed: (rows) => claimed.inc(rows),
     leaseLost: (rows) => leaseLost.inc(rows),

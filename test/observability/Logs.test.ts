@@ -1,7 +1,7 @@
 import { it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
 import type { PgClient } from "@effect/sql-pg"
-import { Effect, Layer, Redacted, type Scope } from "effect"
+import { Effect, Layer, Option, Redacted, type Scope } from "effect"
 import { describe, expect } from "vitest"
 import { Keyring } from "../../src/crypto/Keyring.js"
 import * as Log from "../../src/observability/Log.js"
@@ -156,5 +156,23 @@ describe("log lines", () => {
       expect(lines).toHaveLength(1)
       expect(lines[0]).toContain("12345678901234567890")
       expect(lines[0]).not.toContain("zq-s3kr1t-redacted")
+    }))
+
+  it.effect("the per-attempt writer's line is the logger's own: same members in the same order, valid JSON, odd values included", () =>
+    Effect.gen(function*() {
+      const lines: Array<string> = []
+      const fields = { service: "worker", delivery_id: "d-1", attempt: 2, http_status: null, error: "quote \" and\nnewline", big: 5n }
+      yield* Effect.gen(function*() {
+        const direct = yield* Log.directLog
+        expect(Option.isSome(direct)).toBe(true)
+        Option.getOrThrow(direct)("INFO", "Delivering webhook", fields)
+        yield* Effect.logInfo("Delivering webhook").pipe(Effect.annotateLogs(fields))
+      }).pipe(Effect.provide(capturing(lines)))
+      expect(lines).toHaveLength(2)
+      const [viaDirect, viaLogger] = lines.map((line) => JSON.parse(line) as Record<string, unknown>)
+      expect(Object.keys(viaDirect!)).toEqual(["time", "level", "msg", "instance", "service", "delivery_id", "attempt", "http_status", "error", "big"])
+      expect({ ...viaDirect, time: "t" }).toEqual({ ...viaLogger, time: "t" })
+      expect(viaDirect!.big).toBe("5")
+      expect(lines[0]!.endsWith("}\n")).toBe(true)
     }))
 })

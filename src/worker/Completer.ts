@@ -31,10 +31,10 @@ const traceWrite = (batch: ReadonlyArray<Completion>) => <A, E, R>(write: Effect
 }
 
 /**
- * Group commit for attempt results: results accumulate while a write is under way and the next
- * write takes them all, so under load one statement records hundreds of attempts, and when idle
- * a result is written at once. A failed write (database restart) is retried with backoff; the
- * results stay queued meanwhile.
+ * Group commit for attempt results: a result waits LINGER for others, results that arrive while
+ * a write is under way wait for the next linger, and the next write takes them all, so under load
+ * one statement records a linger's worth of attempts (or more), never a few stragglers. A failed
+ * write (database restart) is retried with backoff; the results stay queued meanwhile.
  */
 export const make = (options: CompleterOptions) =>
   Effect.gen(function*() {
@@ -56,8 +56,10 @@ export const make = (options: CompleterOptions) =>
         Effect.retry(Schedule.exponential(Duration.millis(100), 2).pipe(Schedule.union(Schedule.spaced(Duration.seconds(5)))))
       )
 
+    // One round, then more at once only while a linger's worth of results waits: results that came
+    // in during a write wait for the next linger instead of going out in a small write of their own.
     const writePending = Effect.gen(function*() {
-      while (completions.length > 0 || releases.length > 0 || secrets.length > 0) {
+      do {
         // Before anything else: a plaintext secret is encrypted at rest as soon as possible.
         if (secrets.length > 0) {
           const batch = secrets.slice(0, MAX_BATCH)
@@ -78,7 +80,8 @@ export const make = (options: CompleterOptions) =>
           }
           yield* options.onRecorded(batch.filter((c) => recorded.has(c.id)))
         }
-      }
+      } while (completions.length >= LINGER_ENOUGH || releases.length > 0 || secrets.length > 0)
+      if (completions.length > 0) work.unsafeOffer(undefined)
     })
 
     yield* Effect.forkScoped(

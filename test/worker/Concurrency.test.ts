@@ -1,7 +1,7 @@
 import { it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
 import type { PgClient } from "@effect/sql-pg"
-import { Effect, Either, Layer, type Scope } from "effect"
+import { Duration, Effect, Either, Layer, type Scope } from "effect"
 import { describe, expect } from "vitest"
 import { decodeEncryptionKey } from "../../src/config/AppConfig.js"
 import { Keyring } from "../../src/crypto/Keyring.js"
@@ -184,5 +184,41 @@ describe("workers sharing one queue", () => {
       yield* eventually(Effect.map(countByStatus, (counts) => counts.delivered === 200 || undefined), "all delivered without polling", 10_000)
       expect(Date.now() - t0).toBeLessThan(5_000)
       yield* stop
+    })), 60_000)
+})
+
+describe("recording results (group commit)", () => {
+  it.live("results that arrive during a write wait a linger for the next one, instead of going out in a small write of their own", () =>
+    withDb(Effect.gen(function*() {
+      const receiver = yield* makeReceiver
+      const rows = 1000
+      yield* enqueue(rows, receiver.url())
+      // Each write is the real one behind 30 ms, so results pile up while it is under way.
+      const writes: Array<{ startMs: number; endMs: number; results: number }> = []
+      const stop = yield* startWorker({ batchSize: 50, maxConcurrentDeliveries: 50, deliveryTimeoutMs: 15_000, leaseMs: 60_000 }, {
+        wrapQueue: (queue) => ({
+          ...queue,
+          complete: (workerId, completions, audit) =>
+            Effect.suspend(() => {
+              const write = { startMs: performance.now(), endMs: Infinity, results: completions.length }
+              writes.push(write)
+              return Effect.sleep(Duration.millis(30)).pipe(
+                Effect.zipRight(queue.complete(workerId, completions, audit)),
+                Effect.ensuring(Effect.sync(() => { write.endMs = performance.now() }))
+              )
+            })
+        })
+      })
+      yield* eventually(Effect.map(countByStatus, (counts) => counts.delivered === rows || undefined), "all delivered", 30_000)
+      yield* stop
+      expect(writes.reduce((sum, write) => sum + write.results, 0)).toBe(rows)
+      // The next write starts a linger (10 ms) after the one before it ended, unless a full batch
+      // (200 results) was already waiting; a write right behind another is the defect.
+      const rushed = writes.slice(1).flatMap((write, i) => {
+        const gapMs = write.startMs - writes[i]!.endMs
+        return gapMs < 5 && write.results < 200 ? [{ gapMs: Math.round(gapMs * 10) / 10, results: write.results }] : []
+      })
+      expect(rushed).toEqual([])
+      expect(writes.length).toBeLessThan(rows / 10)
     })), 60_000)
 })

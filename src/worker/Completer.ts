@@ -56,8 +56,8 @@ export const make = (options: CompleterOptions) =>
         Effect.retry(Schedule.exponential(Duration.millis(100), 2).pipe(Schedule.union(Schedule.spaced(Duration.seconds(5)))))
       )
 
-    // One round, then more at once only while a linger's worth of results waits: results that came
-    // in during a write wait for the next linger instead of going out in a small write of their own.
+    // Straight on only while a full linger's worth waits. Results left over came in during the
+    // write, and each offered `work` then, so the loop comes round for them after a linger.
     const writePending = Effect.gen(function*() {
       do {
         // Before anything else: a plaintext secret is encrypted at rest as soon as possible.
@@ -81,7 +81,6 @@ export const make = (options: CompleterOptions) =>
           yield* options.onRecorded(batch.filter((c) => recorded.has(c.id)))
         }
       } while (completions.length >= LINGER_ENOUGH || releases.length > 0 || secrets.length > 0)
-      if (completions.length > 0) work.unsafeOffer(undefined)
     })
 
     yield* Effect.forkScoped(

@@ -11,7 +11,7 @@ import * as Embedded from "./EmbeddedDatabase.js"
 
 /** How a command reaches its database, and how its worker learns of new rows. */
 export interface DatabaseChoice {
-  readonly layer: Layer.Layer<PgClient.PgClient | SqlClient.SqlClient, DatabaseError>
+  readonly layer: Layer.Layer<Database.PgPool | PgClient.PgClient | SqlClient.SqlClient, DatabaseError>
   /** LISTEN/NOTIFY works (a real server); otherwise the worker polls. */
   readonly notifications: boolean
   /** For the start-up banner: where the data lives (no password). */

@@ -413,7 +413,7 @@ const clientLayer = (port: number, applicationName: string) => Database.layer(cl
  * If the PGlite thread dies the process shuts down (exit status 1): without its database a
  * worker can only fail.
  */
-export const workerLayer = (paths: EmbeddedPaths): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient, EmbeddedLayerError> =>
+export const workerLayer = (paths: EmbeddedPaths): Layer.Layer<Database.PgPool | PgClient.PgClient | SqlClient.SqlClient, EmbeddedLayerError> =>
   Layer.unwrapScoped(Effect.gen(function*() {
     const lock = yield* lockForWorker(paths)
     const runtime = yield* Effect.runtime<never>()
@@ -445,7 +445,7 @@ const COMMAND_WAIT = Duration.seconds(120)
  * meanwhile). Either way pending migrations are applied first, so `enqueue` works before the
  * worker has ever run.
  */
-export const commandLayer = (paths: EmbeddedPaths): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient, EmbeddedLayerError> =>
+export const commandLayer = (paths: EmbeddedPaths): Layer.Layer<Database.PgPool | PgClient.PgClient | SqlClient.SqlClient, EmbeddedLayerError> =>
   Layer.unwrapScoped(Effect.gen(function*() {
     const started = yield* Clock.currentTimeMillis
     let port: number | null = null

@@ -1,10 +1,13 @@
 import * as SqlClient from "@effect/sql/SqlClient"
-import type * as SqlError from "@effect/sql/SqlError"
+import * as SqlError from "@effect/sql/SqlError"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import type * as Tracer from "effect/Tracer"
+import * as Option from "effect/Option"
+import * as Tracer from "effect/Tracer"
+import type Pg from "pg"
+import { PgPool } from "../db/Database.js"
 
 /** A row claimed by this worker, with what delivering it needs. */
 export interface ClaimedDelivery {
@@ -177,13 +180,14 @@ export class DeliveryQueue extends Context.Tag("webhook-worker/DeliveryQueue")<D
     DeliveryQueue,
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
+      const hot = hotStatements(sql, yield* Effect.serviceOption(PgPool))
       return {
         claim: (workerId, limit, leaseMs) =>
-          sql.unsafe<Record<string, unknown>>(CLAIM_SQL, [workerId, leaseMs, limit]).pipe(Effect.flatMap(decodeClaimRows)),
+          hot<Record<string, unknown>>(CLAIM_SQL, [workerId, leaseMs, limit]).pipe(Effect.flatMap(decodeClaimRows)),
         complete: (workerId, completions, audit) =>
           completions.length === 0
             ? Effect.succeed(new Set<string>())
-            : sql.unsafe<{ id: string }>(COMPLETE_SQL, [
+            : hot<{ id: string }>(COMPLETE_SQL, [
               workerId,
               completions.map((c) => c.id),
               completions.map((c) => c.attempt),
@@ -229,6 +233,25 @@ export class DeliveryQueue extends Context.Tag("webhook-worker/DeliveryQueue")<D
       }
     })
   )
+}
+
+/**
+ * How the claim and the result writes run: straight on the pool when there is one and no span
+ * to record the statement under (the claim loop's, and every write while deliveries are not
+ * traced); otherwise through @effect/sql, whose span for the statement is then the child of the
+ * caller's. @effect/sql's machinery per statement (statement, span, fiber refs, connection
+ * handling) cost the worker about a twentieth of its CPU at full load, measured by burn-down.
+ */
+const hotStatements = (sql: SqlClient.SqlClient, pool: Option.Option<Pg.Pool>) => {
+  if (Option.isNone(pool)) return <A extends object>(text: string, params: ReadonlyArray<unknown>) => sql.unsafe<A>(text, params)
+  const direct = <A extends object>(text: string, params: ReadonlyArray<unknown>) =>
+    Effect.async<ReadonlyArray<A>, SqlError.SqlError>((resume) => {
+      pool.value.query<A>(text, params as Array<unknown>, (cause, result) =>
+        resume(cause ? Effect.fail(new SqlError.SqlError({ cause, message: "Failed to execute statement" })) : Effect.succeed(result.rows))
+      )
+    })
+  return <A extends object>(text: string, params: ReadonlyArray<unknown>) =>
+    Effect.flatMap(Effect.serviceOption(Tracer.ParentSpan), (parent) => Option.isSome(parent) ? sql.unsafe<A>(text, params) : direct<A>(text, params))
 }
 
 /** A row of webhook_claim_deliveries, once its columns are checked. */

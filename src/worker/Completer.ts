@@ -2,8 +2,8 @@ import type * as SqlError from "@effect/sql/SqlError"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Queue from "effect/Queue"
-import * as Schedule from "effect/Schedule"
 import type * as Tracer from "effect/Tracer"
+import { retryUntilDone } from "../lib/Retry.js"
 import { type Completion, DeliveryQueue, type Release, type SecretUpdate } from "../queue/DeliveryQueue.js"
 
 export interface CompleterOptions {
@@ -47,14 +47,10 @@ export const make = (options: CompleterOptions) =>
     let writing = false
 
     const retryWrites = <A>(write: Effect.Effect<A, SqlError.SqlError>) =>
-      write.pipe(
-        Effect.tapError((error) =>
-          Effect.logWarning("Recording delivery results failed; retrying").pipe(
-            Effect.annotateLogs({ error: error.message, pending: completions.length + releases.length + secrets.length })
-          )
-        ),
-        Effect.retry(Schedule.exponential(Duration.millis(100), 2).pipe(Schedule.union(Schedule.spaced(Duration.seconds(5)))))
-      )
+      retryUntilDone(write, (error) =>
+        Effect.logWarning("Recording delivery results failed; retrying").pipe(
+          Effect.annotateLogs({ error: error.message, pending: completions.length + releases.length + secrets.length })
+        ))
 
     // Straight on only while a full linger's worth waits. Results left over came in during the
     // write, and each offered `work` then, so the loop comes round for them after a linger.

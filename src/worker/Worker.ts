@@ -9,7 +9,6 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Runtime from "effect/Runtime"
-import * as Schedule from "effect/Schedule"
 import * as Tracer from "effect/Tracer"
 import { hostname } from "node:os"
 import { randomBytes } from "node:crypto"
@@ -31,6 +30,8 @@ import {
 } from "../delivery/Outcome.js"
 import { type CancelAttempt, checkUrl, clientSpanAttributes, DeliveryHttp, type HttpReply, replySpanAttribute } from "../http/DeliveryHttp.js"
 import { memoizeBounded } from "../lib/Memo.js"
+import { retryUntilDone } from "../lib/Retry.js"
+import { Signal } from "../lib/Signal.js"
 import * as Log from "../observability/Log.js"
 import { Metrics, type WorkerMetrics } from "../observability/Metrics.js"
 import { userAgent } from "../PackageInfo.js"
@@ -204,8 +205,8 @@ export const run = Effect.gen(function*() {
   const runSync = Runtime.runSync(yield* Effect.runtime<never>())
   const logAttempt = yield* attemptLogger
 
-  const wake = yield* Queue.sliding<void>(1)
-  const room = yield* Queue.sliding<void>(1)
+  const wake = new Signal()
+  const room = new Signal()
   const idle = yield* Queue.sliding<void>(1)
   const attempts = new Set<Attempt>()
   const ahead = new ClaimedAhead()
@@ -232,7 +233,7 @@ export const run = Effect.gen(function*() {
       Effect.sync(() => {
         // A retry due before the next poll: wake the claimer so it sets a timer for it.
         if (recorded.some((c) => c.status === "failed" && (c.retryDelayMs ?? Infinity) < current.pollIntervalMs)) {
-          wake.unsafeOffer(undefined)
+          wake.raise()
         }
       })
   })
@@ -312,7 +313,7 @@ export const run = Effect.gen(function*() {
     metrics.inFlight(attempts.size)
     if (roomWanted && roomToClaim()) {
       roomWanted = false
-      room.unsafeOffer(undefined)
+      room.raise()
     }
     if (draining && attempts.size === 0) idle.unsafeOffer(undefined)
   }
@@ -358,10 +359,8 @@ export const run = Effect.gen(function*() {
   const waitForRoom = Effect.suspend(() => {
     if (roomToClaim()) return Effect.void
     roomWanted = true
-    return Queue.take(room).pipe(Effect.timeoutOption(Duration.millis(AHEAD_RECHECK_MS)))
+    return room.wait(AHEAD_RECHECK_MS)
   })
-
-  const claimRetry = Schedule.exponential(Duration.millis(100), 2).pipe(Schedule.union(Schedule.spaced(Duration.seconds(5))))
 
   const claimLoop = Effect.gen(function*() {
     let backlog = true
@@ -379,23 +378,20 @@ export const run = Effect.gen(function*() {
         continue
       }
       if (!backlog) {
-        const woken = yield* Queue.take(wake).pipe(
-          Effect.timeoutOption(Duration.millis(ahead.size > 0 ? Math.min(waitMs, AHEAD_RECHECK_MS) : waitMs))
-        )
-        settleStep = Option.isSome(woken) ? 0 : settleStep + 1
+        const woken = yield* wake.wait(ahead.size > 0 ? Math.min(waitMs, AHEAD_RECHECK_MS) : waitMs)
+        settleStep = woken ? 0 : settleStep + 1
         current = yield* settings.get
       }
       const limit = current.batchSize
       heldTooLong = false
       // Claim and hand over as one step, so shutdown never strands claimed rows between the two.
       const claimed = yield* Effect.uninterruptible(
-        queue.claim(workerId, limit, current.leaseMs).pipe(
+        retryUntilDone(queue.claim(workerId, limit, current.leaseMs), (error) =>
           // Retrying on purpose (database down) is not a stuck loop: /healthz stays green, /readyz says why.
-          Effect.tapError(() => Effect.sync(() => metrics.loopHeartbeat())),
-          Effect.tapError((error) =>
-            Effect.logWarning("Claiming deliveries failed; retrying").pipe(Effect.annotateLogs({ error: error.message }))
-          ),
-          Effect.retry(claimRetry),
+          Effect.sync(() => metrics.loopHeartbeat()).pipe(
+            Effect.zipRight(Effect.logWarning("Claiming deliveries failed; retrying")),
+            Effect.annotateLogs({ error: error.message })
+          )).pipe(
           Effect.tap((rows) =>
             Effect.sync(() => {
               const claimedMs = performance.now()
@@ -426,7 +422,7 @@ export const run = Effect.gen(function*() {
     Effect.timeoutOption(Duration.seconds(5)),
     Effect.catchAll((error) => Effect.logDebug("Warming up the queue's statements failed").pipe(Effect.annotateLogs({ error: error.message })))
   )
-  yield* wakeup.subscribe(() => wake.unsafeOffer(undefined))
+  yield* wakeup.subscribe(() => wake.raise())
   // A bug in the loop must not silently stop all claiming: it is logged and the loop starts over.
   const loop = yield* Effect.forkScoped(
     claimLoop.pipe(

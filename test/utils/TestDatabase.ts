@@ -1,4 +1,4 @@
-import { PgClient } from "@effect/sql-pg"
+import * as Database from "../../src/db/Database.js"
 import { Effect, Layer, Redacted } from "effect"
 import Pg from "pg"
 import { inject } from "vitest"
@@ -41,9 +41,9 @@ export const testDatabase = Effect.acquireRelease(
     })
 )
 
-/** PgClient (and SqlClient) on a fresh test database. */
+/** PgClient (and SqlClient, and the PgPool under them) on a fresh test database, as the worker process connects. */
 export const layerPg = Layer.unwrapScoped(
-  Effect.map(testDatabase, ({ url }) => PgClient.layer({ url: Redacted.make(url), maxConnections: 6 }))
+  Effect.map(testDatabase, ({ url }) => Database.layer({ url: Redacted.make(url), maxConnections: 6 }))
 )
 
 /** The same, also exposing the database URL (for spawning worker processes against it). */

@@ -12,6 +12,7 @@ import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Tracer from "effect/Tracer"
 import type { LogFormat, LogLevelName } from "../config/AppConfig.js"
+import { isoTimeFormatter } from "../lib/IsoTime.js"
 
 const RANK: Record<LogLevelName, number> = { DEBUG: 10, INFO: 20, WARN: 30, ERROR: 40 }
 
@@ -115,11 +116,12 @@ export const makeLogger = (
       output.write(`${String(time)} ${String(level).padEnd(5)} ${String(msg)}${rest.length > 0 ? " " + rest.join(" ") : ""}\n`)
     }
   }
+  const timeText = isoTimeFormatter()
   const logger = Logger.make(({ annotations, cause, context, date, logLevel, message }) => {
     const level = levelName(logLevel)
     if (!threshold.allows(level)) return
     const parts = messageParts(message)
-    const record: Record<string, unknown> = { time: date.toISOString(), level, msg: messageText(parts), ...fields }
+    const record: Record<string, unknown> = { time: timeText(date.getTime()), level, msg: messageText(parts), ...fields }
     for (const [key, value] of HashMap.toEntries(annotations)) record[key] = value
     const span = currentSpan(context)
     if (Option.isSome(span)) {
@@ -131,9 +133,27 @@ export const makeLogger = (
     }
     emit(record)
   })
+  const ownKeys = ["time", "level", "msg", ...Object.keys(fields)]
+  const fieldsText = Object.keys(fields).length === 0 ? "" : "," + JSON.stringify(fields).slice(1, -1)
+  // The line `emit` would write for the merged record, as text: the per-attempt line is written
+  // once per delivery, and building the record cost two object spreads. False when it cannot
+  // be (a field that overrides the logger's own, a value JSON.stringify refuses): `emit` then.
+  const writeJsonDirectly = (level: LogLevelName, message: string, lineFields: Readonly<Record<string, unknown>>): boolean => {
+    for (const key of ownKeys) if (Object.hasOwn(lineFields, key)) return false
+    let lineText: string
+    try {
+      lineText = JSON.stringify(lineFields)
+    } catch {
+      return false
+    }
+    const rest = lineText.length > 2 ? "," + lineText.slice(1) : "}"
+    output.write(`{"time":"${timeText(Date.now())}","level":"${level}","msg":${JSON.stringify(message)}${fieldsText}${rest}\n`)
+    return true
+  }
   const direct: DirectLog = (level, message, lineFields) => {
     if (!threshold.allows(level)) return
-    emit({ time: new Date().toISOString(), level, msg: message, ...fields, ...lineFields })
+    if (format === "json" && writeJsonDirectly(level, message, lineFields)) return
+    emit({ time: timeText(Date.now()), level, msg: message, ...fields, ...lineFields })
   }
   return Object.assign(logger, { [DIRECT]: direct })
 }

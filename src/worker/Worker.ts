@@ -29,6 +29,7 @@ import {
   WorkerDefect
 } from "../delivery/Outcome.js"
 import { type CancelAttempt, checkUrl, clientSpanAttributes, DeliveryHttp, type HttpReply, replySpanAttribute } from "../http/DeliveryHttp.js"
+import { isoTimeFormatter } from "../lib/IsoTime.js"
 import { memoizeBounded } from "../lib/Memo.js"
 import { retryUntilDone } from "../lib/Retry.js"
 import { Signal } from "../lib/Signal.js"
@@ -71,9 +72,11 @@ export const producerLink = (traceparent: string | null): ReadonlyArray<Tracer.S
 
 const traceparentOf = (span: Tracer.AnySpan) => `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`
 
+const createdAtText = isoTimeFormatter()
+
 /** The request body: the exact bytes that are signed and sent. */
 export const requestBody = (row: Pick<ClaimedDelivery, "eventType" | "createdAtMs" | "payload">): string =>
-  `{"type":${JSON.stringify(row.eventType)},"timestamp":"${new Date(row.createdAtMs).toISOString()}","data":${row.payload}}`
+  `{"type":${JSON.stringify(row.eventType)},"timestamp":"${createdAtText(row.createdAtMs)}","data":${row.payload}}`
 
 interface Prepared {
   readonly url: string
@@ -307,7 +310,7 @@ export const run = Effect.gen(function*() {
       logAttempt(attemptLogFields(row, completion, span))
     } catch (defect) {
       // Only a bug gets here; the row's lease runs out and another attempt follows.
-      logAttempt({ delivery_id: row.id, attempt: row.attempt, outcome: "unrecorded", error: defect instanceof Error ? defect.message : String(defect) })
+      logAttempt({ service: "worker", delivery_id: row.id, attempt: row.attempt, outcome: "unrecorded", error: defect instanceof Error ? defect.message : String(defect) })
     }
     startAhead()
     metrics.inFlight(attempts.size)
@@ -498,7 +501,7 @@ const attemptLogger = Effect.gen(function*() {
   const direct = yield* Log.directLog
   if (Option.isSome(direct)) {
     const write = direct.value
-    return (fields: Record<string, unknown>) => write("INFO", "Delivering webhook", { service: "worker", ...fields })
+    return (fields: Record<string, unknown>) => write("INFO", "Delivering webhook", fields)
   }
   const pending: Array<Record<string, unknown>> = []
   const signal = yield* Queue.sliding<void>(1)
@@ -568,6 +571,8 @@ const definedOnly = (attributes: Record<string, unknown>): Record<string, unknow
 
 const attemptLogFields = (row: ClaimedDelivery, completion: Completion, span: Tracer.Span | undefined) => {
   const fields: Record<string, unknown> = {
+    // The worker's annotation, for the direct writer (which does not read annotations).
+    service: "worker",
     delivery_id: row.id,
     event_type: row.eventType,
     attempt: row.attempt,

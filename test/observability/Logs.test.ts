@@ -1,7 +1,7 @@
 import { it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
 import type { PgClient } from "@effect/sql-pg"
-import { Effect, Layer, Option, Redacted, type Scope } from "effect"
+import { Effect, FastCheck as fc, Layer, Option, Redacted, type Scope } from "effect"
 import { describe, expect } from "vitest"
 import { Keyring } from "../../src/crypto/Keyring.js"
 import * as Log from "../../src/observability/Log.js"
@@ -175,4 +175,21 @@ describe("log lines", () => {
       expect(viaDirect!.big).toBe("5")
       expect(lines[0]!.endsWith("}\n")).toBe(true)
     }))
+
+  // The direct writer writes its line as text; it must be the very line the record would give.
+  const lineFields = fc.dictionary(
+    fc.oneof(fc.stringMatching(/^[a-z][a-z_]{0,11}$/), fc.constantFrom("time", "level", "msg", "instance")),
+    fc.oneof(fc.jsonValue(), fc.constant(undefined), fc.bigInt())
+  )
+  it.prop("the per-attempt writer's line is byte for byte the merged record's JSON", [fc.string(), lineFields], ([message, fields]) => {
+    const lines: Array<string> = []
+    Effect.runSync(Effect.gen(function*() {
+      Option.getOrThrow(yield* Log.directLog)("INFO", message, fields)
+    }).pipe(Effect.provide(capturing(lines))))
+    expect(lines).toHaveLength(1)
+    const time = (JSON.parse(lines[0]!) as { time: string }).time
+    const record = { time, level: "INFO", msg: message, instance: 1, ...fields }
+    const expected = JSON.stringify(record, (_, value: unknown) => (typeof value === "bigint" ? value.toString() : value))
+    expect(lines[0]).toBe(expected + "\n")
+  })
 })

@@ -256,8 +256,9 @@ const SETTING_KEYS: ReadonlyArray<keyof WorkerSettings> = [
  */
 export const startWebhookWorker = async (database: DatabaseConnection, options: WebhookWorkerOptions): Promise<RunningWorker> => {
   const settings = settingsOf(Object.fromEntries(SETTING_KEYS.map((key) => [key, options[key]])) as WorkerSettings)
+  // The app's pool is the worker's too: its claims and result writes go to it directly (see DeliveryQueue).
   const db = "pool" in database
-    ? pgLayerFromPool(database.pool)
+    ? Layer.merge(pgLayerFromPool(database.pool), Layer.succeed(Database.PgPool, database.pool))
     : Database.layer({ url: Redacted.make(database.connectionString), maxConnections: database.maxConnections ?? 4 })
   const logs = options.logLevel === "NONE"
     ? Logger.replace(Logger.defaultLogger, Logger.none)

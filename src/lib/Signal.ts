@@ -3,8 +3,9 @@ import * as Effect from "effect/Effect"
 /**
  * A wake-up flag that callbacks raise and one fiber waits on, with a timeout: what
  * `Queue.sliding(1)` with `Queue.take` under `Effect.timeoutOption` does, without the two fibers
- * that the timeout races (measured at about a tenth of the claim loop's CPU per claim at full
- * load). A raise with nobody waiting is kept for the next wait; raises do not add up.
+ * that the timeout races. The claim loop waits once per claim; those waits and the retries of
+ * Retry.ts were about a tenth of the worker's CPU at full load (interleaved burn-downs before
+ * and after). A raise with nobody waiting is kept for the next wait; raises do not add up.
  * The timeout is a plain timer, not Effect's Clock: TestClock does not move it.
  */
 export class Signal {

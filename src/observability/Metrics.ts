@@ -100,10 +100,15 @@ export const make = (options: MetricsOptions): WorkerMetrics => {
       this.set(inFlightCount)
     }
   })
-  const ahead = new Prom.Gauge({
+  // Like in-flight: changes with nearly every attempt started, read when scraped.
+  let aheadCount = 0
+  new Prom.Gauge({
     name: "webhook_rows_claimed_ahead",
     help: "Rows claimed by this process and waiting for a free delivery slot",
-    registers
+    registers,
+    collect() {
+      this.set(aheadCount)
+    }
   })
   const claimed = new Prom.Counter({
     name: "webhook_rows_claimed_total",
@@ -167,7 +172,9 @@ export const make = (options: MetricsOptions): WorkerMetrics => {
     inFlight: (count) => {
       inFlightCount = count
     },
-    claimedAhead: (count) => ahead.set(count),
+    claimedAhead: (count) => {
+      aheadCount = count
+    },
     claimed: (rows) => claimed.inc(rows),
     leaseLost: (rows) => leaseLost.inc(rows),
     leasesReclaimed: (rows) => reclaimed.inc(rows),

@@ -328,13 +328,7 @@ export const run = Effect.gen(function*() {
     completer.release({ id: row.id, attempt: row.attempt, started: false })
   }
 
-  // The gauge is set when the count changes, not on every settle.
-  let reportedAhead = 0
-  const reportAhead = () => {
-    if (ahead.size === reportedAhead) return
-    reportedAhead = ahead.size
-    metrics.claimedAhead(reportedAhead)
-  }
+  const reportAhead = () => metrics.claimedAhead(ahead.size)
 
   // Hands back the rows that have waited too long for a slot (oldest first, so they lead), then
   // starts the rest while slots are free. Not re-entered: an attempt that settles at once (a

@@ -8,6 +8,7 @@ import * as Option from "effect/Option"
 import * as Tracer from "effect/Tracer"
 import type Pg from "pg"
 import { PgPool } from "../db/Database.js"
+import { numberArray, textArray } from "./PgArray.js"
 
 /** A row claimed by this worker, with what delivering it needs. */
 export interface ClaimedDelivery {
@@ -189,16 +190,16 @@ export class DeliveryQueue extends Context.Tag("webhook-worker/DeliveryQueue")<D
             ? Effect.succeed(new Set<string>())
             : hot<{ id: string }>(COMPLETE_SQL, [
               workerId,
-              completions.map((c) => c.id),
-              completions.map((c) => c.attempt),
-              completions.map((c) => c.status),
-              completions.map((c) => c.retryDelayMs),
-              completions.map((c) => c.responseStatus),
-              completions.map((c) => c.error),
-              completions.map((c) => c.reason),
-              completions.map((c) => c.responseBody),
-              completions.map((c) => c.durationMs),
-              completions.map((c) => c.disableEndpoint),
+              textArray(completions.map((c) => c.id)),
+              numberArray(completions.map((c) => c.attempt)),
+              textArray(completions.map((c) => c.status)),
+              numberArray(completions.map((c) => c.retryDelayMs)),
+              numberArray(completions.map((c) => c.responseStatus)),
+              textArray(completions.map((c) => c.error)),
+              textArray(completions.map((c) => c.reason)),
+              textArray(completions.map((c) => c.responseBody)),
+              numberArray(completions.map((c) => c.durationMs)),
+              textArray(completions.map((c) => c.disableEndpoint)),
               audit
             ]).pipe(Effect.map((rows) => new Set(rows.map((row) => row.id)))),
         release: (workerId, releases) =>

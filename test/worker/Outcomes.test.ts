@@ -59,6 +59,11 @@ describe("every outcome of SPEC.md, end to end", () => {
             return { status: 200, delayMs: 6000 }
           case "/reset":
             return n === 1 ? { destroy: true } : { status: 200 }
+          // U+0000 in a body: PostgreSQL cannot store it, and it must not stop results being written.
+          case "/nul-rejected":
+            return { status: 400, body: "bad\u0000byte" }
+          case "/nul-ok":
+            return { status: 200, body: "ok\u0000" }
           default:
             return { status: 500 }
         }
@@ -75,6 +80,8 @@ describe("every outcome of SPEC.md, end to end", () => {
         ["missing", receiver.url("/missing")],
         ["slow", receiver.url("/slow"), 2],
         ["reset", receiver.url("/reset")],
+        ["nul_rejected", receiver.url("/nul-rejected")],
+        ["nul_ok", receiver.url("/nul-ok")],
         ["refused", "http://127.0.0.1:1/hook", 2],
         ["dns", "http://no-such-host.invalid/hook", 2],
         ["invalid_url", "not a url"],
@@ -113,6 +120,12 @@ describe("every outcome of SPEC.md, end to end", () => {
       expectRow("missing", { status: "dead_letter", attempt_count: 1, last_response_status: 404 })
       expectRow("slow", { status: "dead_letter", attempt_count: 2, last_response_status: null, last_error: "timed out after 2s (DELIVERY_TIMEOUT)" })
       expectRow("reset", { status: "delivered", attempt_count: 2 })
+      expectRow("nul_rejected", { status: "dead_letter", attempt_count: 1, last_response_status: 400 })
+      expectRow("nul_ok", { status: "delivered", attempt_count: 1, last_response_status: 200 })
+      const bodies = yield* sql<{ event_type: string; response_body: string }>`
+        SELECT q.event_type, l.response_body FROM webhook_delivery_log l JOIN webhook_delivery_queue q ON q.id = l.delivery_id
+        WHERE q.event_type IN ('nul_rejected', 'nul_ok') ORDER BY q.event_type`
+      expect(bodies.map((b) => [b.event_type, b.response_body])).toEqual([["nul_ok", "ok\uFFFD"], ["nul_rejected", "bad\uFFFDbyte"]])
       expectRow("refused", { status: "dead_letter", attempt_count: 2 })
       expect(all.get("refused")!.last_error).toMatch(/^connection failed \(ECONNREFUSED\)/)
       expectRow("dns", { status: "dead_letter", attempt_count: 2 })

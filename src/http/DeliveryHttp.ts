@@ -22,7 +22,8 @@ export const RESPONSE_BODY_LIMIT = 64 * 1024
 export interface HttpAttempt {
   readonly url: string
   readonly headers: Readonly<Record<string, string>>
-  readonly body: string
+  /** Text is sent as UTF-8; the worker passes the bytes it signed, encoded once. */
+  readonly body: string | Uint8Array
   readonly timeoutMs: number
   readonly allowPrivateNetworks: boolean
 }

@@ -252,7 +252,9 @@ export const run = Effect.gen(function*() {
       const { ready, storeSecret } = prepare(row, keyring)
       if (storeSecret !== null) completer.storeSecret({ id: row.id, secret: storeSecret, replaces: row.secret! })
       if (Either.isLeft(ready)) return settle(attempt, { outcome: ready.left, responseBody: null })
-      const body = requestBody(row)
+      // Encoded once: the signature and the socket then take the same bytes, with no
+      // conversion of their own (undici would measure and encode a string again).
+      const body = Buffer.from(requestBody(row))
       const timestamp = Math.floor(clock.unsafeCurrentTimeMillis() / 1000)
       const headers: Record<string, string> = {
         "webhook-id": row.id,

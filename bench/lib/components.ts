@@ -138,7 +138,8 @@ async (count: number, offset: number) => {
       Worker.WorkerIdentity.layer(1),
       Settings.layer(settings)
     )),
-    Layer.provide(Log.layer("json", new Log.LogThreshold(level), { write: (line) => writeSync(logFd, line) }))
+    // The product's own batching in front of the file, as in front of standard output.
+    Layer.provide(Log.layer("json", new Log.LogThreshold(level), Log.batchedOutput((text) => writeSync(logFd, text))))
   )
   const scope = Effect.runSync(Scope.make())
   await Effect.runPromise(Layer.buildWithScope(app, scope))

@@ -50,10 +50,10 @@ export interface LogOutput {
 }
 
 /**
- * Standard output, written once per event-loop turn: a busy worker logs a line per attempt, and
- * one write of many lines costs a fraction of a write each. Flushed on exit.
+ * Lines handed to `writeText` once per event-loop turn: a busy worker logs a line per attempt,
+ * and one write of many lines costs a fraction of a write each. `flush` writes what waits now.
  */
-const stdout: LogOutput = (() => {
+export const batchedOutput = (writeText: (text: string) => void): LogOutput & { readonly flush: () => void } => {
   let pending: Array<string> = []
   let scheduled = false
   const flush = () => {
@@ -61,9 +61,8 @@ const stdout: LogOutput = (() => {
     if (pending.length === 0) return
     const text = pending.join("")
     pending = []
-    process.stdout.write(text)
+    writeText(text)
   }
-  process.on("exit", flush)
   return {
     write: (line) => {
       pending.push(line)
@@ -71,8 +70,16 @@ const stdout: LogOutput = (() => {
         scheduled = true
         setImmediate(flush)
       }
-    }
+    },
+    flush
   }
+}
+
+/** Standard output, batched; flushed on exit. */
+const stdout: LogOutput = (() => {
+  const output = batchedOutput((text) => process.stdout.write(text))
+  process.on("exit", output.flush)
+  return output
 })()
 
 const messageParts = (message: unknown): ReadonlyArray<unknown> => (Array.isArray(message) ? message : [message])

@@ -16,22 +16,17 @@ const quoted = (value: string): string => {
   return `"${NEEDS_ESCAPE.test(stored) ? stored.replace(ESCAPED, "\\$&") : stored}"`
 }
 
-/** `text[]` (or `uuid[]`): each element quoted, `"` and `\` escaped, U+0000 as U+FFFD, null as NULL. */
-export const textArray = (values: ReadonlyArray<string | null>): string => {
-  let literal = "{"
+const literal = <A>(values: ReadonlyArray<A | null>, element: (value: A) => string): string => {
+  let text = "{"
   for (let i = 0; i < values.length; i++) {
-    const value = values[i]!
-    literal += (i === 0 ? "" : ",") + (value === null ? "NULL" : quoted(value))
+    const value = values[i] ?? null
+    text += (i === 0 ? "" : ",") + (value === null ? "NULL" : element(value))
   }
-  return literal + "}"
+  return text + "}"
 }
 
+/** `text[]` (or `uuid[]`): each element quoted, `"` and `\` escaped, U+0000 as U+FFFD, null as NULL. */
+export const textArray = (values: ReadonlyArray<string | null>): string => literal(values, quoted)
+
 /** `integer[]` or `double precision[]`: numbers need no quoting; null as NULL. */
-export const numberArray = (values: ReadonlyArray<number | null>): string => {
-  let literal = "{"
-  for (let i = 0; i < values.length; i++) {
-    const value = values[i]!
-    literal += (i === 0 ? "" : ",") + (value === null ? "NULL" : String(value))
-  }
-  return literal + "}"
-}
+export const numberArray = (values: ReadonlyArray<number | null>): string => literal(values, String)

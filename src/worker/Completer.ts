@@ -30,6 +30,27 @@ const traceWrite = (batch: ReadonlyArray<Completion>) => <A, E, R>(write: Effect
     : Effect.withSpan(write, "webhook.record", { root: true, links, attributes: { "webhook.batch_size": batch.length } })
 }
 
+/** PostgreSQL's SQLSTATE of a failed statement, when it got that far. */
+const sqlStateOf = (error: SqlError.SqlError): string | undefined => {
+  const cause: unknown = error.cause
+  return typeof cause === "object" && cause !== null && "code" in cause && typeof cause.code === "string" ? cause.code : undefined
+}
+
+/**
+ * A statement refused for what it carries (SQLSTATE class 22, data exception, or 23, integrity
+ * constraint violation): retrying the same values fails the same way, every time.
+ */
+const refusedForItsValues = (error: SqlError.SqlError): boolean => {
+  const state = sqlStateOf(error)
+  return state !== undefined && (state.startsWith("22") || state.startsWith("23"))
+}
+
+/** What a result write came to: the ids recorded, and the results PostgreSQL refused outright. */
+interface Written {
+  readonly recorded: ReadonlySet<string>
+  readonly refused: ReadonlyArray<Completion>
+}
+
 /**
  * Group commit for attempt results: a result waits LINGER for others, results that arrive while
  * a write is under way wait for the next linger, and the next write takes them all, so under load
@@ -52,6 +73,42 @@ export const make = (options: CompleterOptions) =>
           Effect.annotateLogs({ error: error.message, pending: completions.length + releases.length + secrets.length })
         ))
 
+    // One refused result would fail its whole batch on every retry and hold back every result
+    // after it. A refused batch is split until the result at fault is alone; that one is
+    // written again without its response body and error text (what a receiver or an error
+    // message put there), and if even that is refused, it is left unrecorded: its lease runs
+    // out and the row is attempted again. Other failures (the database away) propagate, and
+    // the whole batch is retried.
+    const writeCompletions = (batch: ReadonlyArray<Completion>, audit: boolean): Effect.Effect<Written, SqlError.SqlError> =>
+      queue.complete(options.workerId, batch, audit).pipe(
+        Effect.map((recorded): Written => ({ recorded, refused: [] })),
+        Effect.catchIf(refusedForItsValues, (error) => {
+          if (batch.length > 1) {
+            const half = Math.ceil(batch.length / 2)
+            return Effect.zipWith(writeCompletions(batch.slice(0, half), audit), writeCompletions(batch.slice(half), audit), (a, b) => ({
+              recorded: new Set([...a.recorded, ...b.recorded]),
+              refused: [...a.refused, ...b.refused]
+            }))
+          }
+          const [refused] = batch as [Completion]
+          const stripped: Completion = {
+            ...refused,
+            responseBody: null,
+            error: refused.error === null ? null : `${refused.reason} (its error text was refused by PostgreSQL, SQLSTATE ${sqlStateOf(error)})`
+          }
+          return Effect.logWarning("A delivery result was refused by PostgreSQL; storing it without its response body").pipe(
+            Effect.annotateLogs({ delivery_id: refused.id, attempt: refused.attempt, error: error.message }),
+            Effect.zipRight(queue.complete(options.workerId, [stripped], audit)),
+            Effect.map((recorded): Written => ({ recorded, refused: [] })),
+            Effect.catchIf(refusedForItsValues, (again) =>
+              Effect.logError("A delivery result could not be stored at all; its lease will run out and the row will be attempted again").pipe(
+                Effect.annotateLogs({ delivery_id: refused.id, attempt: refused.attempt, error: again.message }),
+                Effect.as<Written>({ recorded: new Set(), refused: [refused] })
+              ))
+          )
+        })
+      )
+
     // Straight on only while a full linger's worth waits. Results left over came in during the
     // write, and each offered `work` then, so the loop comes round for them after a linger.
     const writePending = Effect.gen(function*() {
@@ -69,10 +126,10 @@ export const make = (options: CompleterOptions) =>
         }
         if (completions.length > 0) {
           const batch = completions.slice(0, MAX_BATCH)
-          const recorded = yield* retryWrites(queue.complete(options.workerId, batch, options.audit())).pipe(traceWrite(batch))
+          const { recorded, refused } = yield* retryWrites(writeCompletions(batch, options.audit())).pipe(traceWrite(batch))
           completions.splice(0, batch.length)
-          if (recorded.size < batch.length) {
-            yield* options.onLeaseLost(batch.filter((c) => !recorded.has(c.id)))
+          if (recorded.size + refused.length < batch.length) {
+            yield* options.onLeaseLost(batch.filter((c) => !recorded.has(c.id) && !refused.includes(c)))
           }
           yield* options.onRecorded(batch.filter((c) => recorded.has(c.id)))
         }

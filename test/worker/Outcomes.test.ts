@@ -254,4 +254,56 @@ describe("every outcome of SPEC.md, end to end", () => {
       const secrets = yield* sql<{ secret: string }>`SELECT secret FROM webhook_delivery_queue WHERE id = ${exhausted!.id}`
       expect(secrets[0]!.secret).toMatch(/^enc:v1:/)
     })))
+
+  it.live("a result PostgreSQL refuses does not hold back the others: it is stored without its response body", () =>
+    withDb(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      // Stands for any value PostgreSQL might refuse in one result of a batch.
+      yield* sql.unsafe(`CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF NEW.response_body LIKE '%poison%' THEN RAISE EXCEPTION 'refused for the test' USING ERRCODE = '22023'; END IF;
+          RETURN NEW;
+        END $$`)
+      yield* sql.unsafe("CREATE TRIGGER refuse_poison BEFORE INSERT ON webhook_delivery_log FOR EACH ROW EXECUTE FUNCTION refuse_poison()")
+      const receiver = yield* makeReceiver
+      receiver.respond = (request) => (request.path === "/poison" ? { status: 200, body: "poison" } : { status: 200, body: "fine" })
+      for (let i = 0; i < 20; i++) yield* insertRaw({ url: receiver.url(i === 7 ? "/poison" : "/fine"), eventType: `e${i}` })
+      const stop = yield* startWorker({ batchSize: 20, maxConcurrentDeliveries: 20 })
+      yield* eventually(
+        Effect.map(rows, (byType) => byType.size === 20 && [...byType.values()].every((row) => row.status === "delivered") || undefined),
+        "every row delivered",
+        15_000
+      )
+      yield* stop
+      expect(receiver.requests).toHaveLength(20)
+      const logged = yield* sql<{ event_type: string; response_body: string | null; error: string | null }>`
+        SELECT q.event_type, l.response_body, l.error FROM webhook_delivery_log l JOIN webhook_delivery_queue q ON q.id = l.delivery_id`
+      expect(logged).toHaveLength(20)
+      for (const entry of logged) {
+        expect(entry, entry.event_type).toMatchObject({ response_body: entry.event_type === "e7" ? null : "fine", error: null })
+      }
+    })))
+
+  it.live("a result PostgreSQL refuses even without its text is left to its lease; the rest of its batch is recorded", () =>
+    withDb(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const receiver = yield* makeReceiver
+      for (let i = 0; i < 20; i++) yield* insertRaw({ url: receiver.url("/fine"), eventType: `e${i}` })
+      const [doomed] = yield* sql<{ id: string }>`SELECT id::text FROM webhook_delivery_queue WHERE event_type = 'e7'`
+      yield* sql.unsafe(`CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF NEW.delivery_id = '${doomed!.id}' THEN RAISE EXCEPTION 'refused for the test' USING ERRCODE = '23514'; END IF;
+          RETURN NEW;
+        END $$`)
+      yield* sql.unsafe("CREATE TRIGGER refuse_one BEFORE INSERT ON webhook_delivery_log FOR EACH ROW EXECUTE FUNCTION refuse_one()")
+      const stop = yield* startWorker({ batchSize: 20, maxConcurrentDeliveries: 20, leaseMs: 60_000 })
+      const all = yield* eventually(
+        Effect.map(rows, (byType) => [...byType.values()].filter((row) => row.status === "delivered").length === 19 ? byType : undefined),
+        "the 19 others delivered",
+        15_000
+      )
+      yield* stop
+      expect(all.get("e7")).toMatchObject({ status: "processing", attempt_count: 1 })
+      expect(receiver.requests).toHaveLength(20)
+    })))
 })

@@ -1,6 +1,7 @@
 import type * as SqlError from "@effect/sql/SqlError"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Queue from "effect/Queue"
 import type * as Tracer from "effect/Tracer"
 import { retryUntilDone } from "../lib/Retry.js"
@@ -73,41 +74,52 @@ export const make = (options: CompleterOptions) =>
           Effect.annotateLogs({ error: error.message, pending: completions.length + releases.length + secrets.length })
         ))
 
+    // One write, retried while the database is away; a refusal for its values is its answer,
+    // not something to retry.
+    const completeOnce = (batch: ReadonlyArray<Completion>, audit: boolean) =>
+      retryWrites(
+        queue.complete(options.workerId, batch, audit).pipe(
+          Effect.map((recorded): Either.Either<ReadonlySet<string>, SqlError.SqlError> => Either.right(recorded)),
+          Effect.catchIf(refusedForItsValues, (refusal) => Effect.succeed(Either.left(refusal)))
+        )
+      )
+
     // One refused result would fail its whole batch on every retry and hold back every result
     // after it. A refused batch is split until the result at fault is alone; that one is
     // written again without its response body and error text (what a receiver or an error
     // message put there), and if even that is refused, it is left unrecorded: its lease runs
-    // out and the row is attempted again. Other failures (the database away) propagate, and
-    // the whole batch is retried.
+    // out and the row is attempted again. Each part is retried on its own while the database
+    // is away, so a part already written is never written twice.
     const writeCompletions = (batch: ReadonlyArray<Completion>, audit: boolean): Effect.Effect<Written, SqlError.SqlError> =>
-      queue.complete(options.workerId, batch, audit).pipe(
-        Effect.map((recorded): Written => ({ recorded, refused: [] })),
-        Effect.catchIf(refusedForItsValues, (error) => {
-          if (batch.length > 1) {
-            const half = Math.ceil(batch.length / 2)
-            return Effect.zipWith(writeCompletions(batch.slice(0, half), audit), writeCompletions(batch.slice(half), audit), (a, b) => ({
-              recorded: new Set([...a.recorded, ...b.recorded]),
-              refused: [...a.refused, ...b.refused]
-            }))
-          }
-          const [refused] = batch as [Completion]
-          const stripped: Completion = {
-            ...refused,
-            responseBody: null,
-            error: refused.error === null ? null : `${refused.reason} (its error text was refused by PostgreSQL, SQLSTATE ${sqlStateOf(error)})`
-          }
-          return Effect.logWarning("A delivery result was refused by PostgreSQL; storing it without its response body").pipe(
-            Effect.annotateLogs({ delivery_id: refused.id, attempt: refused.attempt, error: error.message }),
-            Effect.zipRight(queue.complete(options.workerId, [stripped], audit)),
-            Effect.map((recorded): Written => ({ recorded, refused: [] })),
-            Effect.catchIf(refusedForItsValues, (again) =>
-              Effect.logError("A delivery result could not be stored at all; its lease will run out and the row will be attempted again").pipe(
-                Effect.annotateLogs({ delivery_id: refused.id, attempt: refused.attempt, error: again.message }),
+      Effect.flatMap(completeOnce(batch, audit), (written) => {
+        if (Either.isRight(written)) return Effect.succeed<Written>({ recorded: written.right, refused: [] })
+        const refusal = written.left
+        if (batch.length > 1) {
+          const half = Math.ceil(batch.length / 2)
+          return Effect.zipWith(writeCompletions(batch.slice(0, half), audit), writeCompletions(batch.slice(half), audit), (a, b) => ({
+            recorded: new Set([...a.recorded, ...b.recorded]),
+            refused: [...a.refused, ...b.refused]
+          }))
+        }
+        const [refused] = batch as [Completion]
+        const stripped: Completion = {
+          ...refused,
+          responseBody: null,
+          error: refused.error === null ? null : `${refused.reason} (its error text was refused by PostgreSQL, SQLSTATE ${sqlStateOf(refusal)})`
+        }
+        return Effect.logWarning("A delivery result was refused by PostgreSQL; storing it without its response body").pipe(
+          Effect.annotateLogs({ delivery_id: refused.id, attempt: refused.attempt, error: refusal.message }),
+          Effect.zipRight(completeOnce([stripped], audit)),
+          Effect.flatMap((again) =>
+            Either.isRight(again)
+              ? Effect.succeed<Written>({ recorded: again.right, refused: [] })
+              : Effect.logError("A delivery result could not be stored at all; its lease will run out and the row will be attempted again").pipe(
+                Effect.annotateLogs({ delivery_id: refused.id, attempt: refused.attempt, error: again.left.message }),
                 Effect.as<Written>({ recorded: new Set(), refused: [refused] })
-              ))
+              )
           )
-        })
-      )
+        )
+      })
 
     // Straight on only while a full linger's worth waits. Results left over came in during the
     // write, and each offered `work` then, so the loop comes round for them after a linger.
@@ -126,7 +138,7 @@ export const make = (options: CompleterOptions) =>
         }
         if (completions.length > 0) {
           const batch = completions.slice(0, MAX_BATCH)
-          const { recorded, refused } = yield* retryWrites(writeCompletions(batch, options.audit())).pipe(traceWrite(batch))
+          const { recorded, refused } = yield* writeCompletions(batch, options.audit()).pipe(traceWrite(batch))
           completions.splice(0, batch.length)
           if (recorded.size + refused.length < batch.length) {
             yield* options.onLeaseLost(batch.filter((c) => !recorded.has(c.id) && !refused.includes(c)))

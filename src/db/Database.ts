@@ -31,22 +31,25 @@ export class PgPool extends Context.Tag("webhook-worker/PgPool")<PgPool, Pg.Pool
 
 const CONNECT_TIMEOUT = Duration.seconds(10)
 
+/** A `pg` pool for `options.url`; the caller ends it. */
+export const makePool = (options: DatabaseOptions): Pg.Pool => {
+  const pool = new Pg.Pool({
+    connectionString: Redacted.value(options.url),
+    max: options.maxConnections ?? WORKER_POOL_SIZE,
+    idleTimeoutMillis: 30_000,
+    connectionTimeoutMillis: Duration.toMillis(CONNECT_TIMEOUT),
+    application_name: options.applicationName ?? "webhook-worker"
+  })
+  // An idle connection dropped by the server (a restart, a failover) is an "error" event on the
+  // pool; unheard, Node would crash the process. The next query opens a new connection.
+  pool.on("error", () => undefined)
+  return pool
+}
+
 /** A pool for DATABASE_URL, checked with one query, and closed with the scope. */
 const pool = (options: DatabaseOptions) =>
   Effect.acquireRelease(
-    Effect.sync(() => {
-      const pool = new Pg.Pool({
-        connectionString: Redacted.value(options.url),
-        max: options.maxConnections ?? WORKER_POOL_SIZE,
-        idleTimeoutMillis: 30_000,
-        connectionTimeoutMillis: Duration.toMillis(CONNECT_TIMEOUT),
-        application_name: options.applicationName ?? "webhook-worker"
-      })
-      // An idle connection dropped by the server (a restart, a failover) is an "error" event on
-      // the pool; unheard, Node would crash the process. The next query opens a new connection.
-      pool.on("error", () => undefined)
-      return pool
-    }),
+    Effect.sync(() => makePool(options)),
     (pool) => Effect.promise(() => pool.end()).pipe(Effect.interruptible, Effect.timeoutOption(Duration.seconds(1)))
   ).pipe(
     Effect.tap((pool) =>

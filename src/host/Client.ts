@@ -140,15 +140,8 @@ const activeTraceparent = (): string | undefined => {
 
 const poolOf = (database: DatabaseConnection): { readonly pool: Pg.Pool; readonly owned: boolean } => {
   if ("pool" in database) return { pool: database.pool, owned: false }
-  const pool = new Pg.Pool({
-    connectionString: database.connectionString,
-    max: database.maxConnections ?? 4,
-    application_name: "webhook-worker client"
-  })
-  // An idle connection dropped by the server (a restart, a failover) is an "error" event on the
-  // pool; unheard, Node would crash the app. The next query simply opens a new connection.
-  pool.on("error", () => undefined)
-  return { pool, owned: true }
+  const url = Redacted.make(database.connectionString)
+  return { pool: Database.makePool({ url, maxConnections: database.maxConnections ?? 4, applicationName: "webhook-worker client" }), owned: true }
 }
 
 /** A PgClient over the app's pool, which it leaves open. */

@@ -107,7 +107,7 @@ export const make = (options: CompleterOptions) =>
           responseBody: null,
           error: refused.error === null ? null : `${refused.reason} (its error text was refused by PostgreSQL, SQLSTATE ${sqlStateOf(refusal)})`
         }
-        return Effect.logWarning("A delivery result was refused by PostgreSQL; storing it without its response body").pipe(
+        return Effect.logWarning("A delivery result was refused by PostgreSQL; storing it without its response body and error text").pipe(
           Effect.annotateLogs({ delivery_id: refused.id, attempt: refused.attempt, error: refusal.message }),
           Effect.zipRight(completeOnce([stripped], audit)),
           Effect.flatMap((again) =>

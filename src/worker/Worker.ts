@@ -210,7 +210,7 @@ export const run = Effect.gen(function*() {
 
   const wake = new Signal()
   const room = new Signal()
-  const idle = yield* Queue.sliding<void>(1)
+  const idle = new Signal()
   const attempts = new Set<Attempt>()
   const ahead = new ClaimedAhead()
   // The claim loop waits for the claimed-ahead rows to run low; while draining, the last attempt signals.
@@ -320,7 +320,7 @@ export const run = Effect.gen(function*() {
       roomWanted = false
       room.raise()
     }
-    if (draining && attempts.size === 0) idle.unsafeOffer(undefined)
+    if (draining && attempts.size === 0) idle.raise()
   }
 
   const maxWaitMs = () => Math.min(AHEAD_MAX_WAIT_MS, (current.leaseMs - current.deliveryTimeoutMs) / 2)
@@ -450,16 +450,14 @@ export const run = Effect.gen(function*() {
   yield* Effect.addFinalizer(() =>
     Effect.gen(function*() {
       yield* Fiber.interrupt(loop)
-      const grace = Duration.millis(current.shutdownGracePeriodMs)
       draining = true
       // Rows claimed ahead were never attempted: back to the queue at once, the attempt uncounted.
       for (let entry = ahead.take(); entry !== undefined; entry = ahead.take()) handBack(entry.row)
       reportAhead()
       if (attempts.size > 0) {
         yield* Effect.logInfo("Stopping: waiting for in-flight deliveries").pipe(Effect.annotateLogs({ in_flight: attempts.size }))
-        // Finalizers run uninterruptibly; the wait must be interruptible for its timeout to bite.
-        const finished = yield* Effect.interruptible(Queue.take(idle)).pipe(Effect.timeoutOption(grace))
-        if (Option.isNone(finished) && attempts.size > 0) {
+        const finished = yield* idle.wait(current.shutdownGracePeriodMs)
+        if (!finished && attempts.size > 0) {
           yield* Effect.logWarning("Grace period over: handing back unfinished deliveries").pipe(
             Effect.annotateLogs({ handed_back: attempts.size })
           )

@@ -140,6 +140,17 @@ const AHEAD_RECHECK_MS = 1000
 const AHEAD_MAX_WAIT_MS = 2000
 
 /**
+ * How many claims the loop makes at once: two while rows wait (the last claims came back full)
+ * and the free slots can take two batches, else one. One claim at a time takes at most a batch
+ * per round trip, and a busy database makes that the limit at small batch sizes: at the default
+ * of 10, claims taking 7 ms (measured while producers committed 1,000 rows/s) let in about
+ * 1,200 rows/s, and rows queued behind the claim loop with slots to spare. Each claim still
+ * takes at most WORKER_BATCH_SIZE rows; with the slots full there is one claim, as before.
+ */
+export const claimsAtOnce = (backlog: boolean, freeSlots: number, batchSize: number): 1 | 2 =>
+  backlog && freeSlots >= 2 * batchSize ? 2 : 1
+
+/**
  * Rows claimed and not yet started, oldest first: while rows wait, the worker holds up to about
  * a batch and a half beyond its slots, so each claim is a full batch and a freed slot starts the
  * next row at once instead of waiting for a claim's round trip.
@@ -384,7 +395,7 @@ export const run = Effect.gen(function*() {
       const limit = current.batchSize
       heldTooLong = false
       // Claim and hand over as one step, so shutdown never strands claimed rows between the two.
-      const claimed = yield* Effect.uninterruptible(
+      const claimOnce = Effect.uninterruptible(
         retryUntilDone(queue.claim(workerId, limit, current.leaseMs), (error) =>
           // Retrying on purpose (database down) is not a stuck loop: /healthz stays green, /readyz says why.
           Effect.sync(() => metrics.loopHeartbeat()).pipe(
@@ -400,13 +411,19 @@ export const run = Effect.gen(function*() {
           )
         )
       )
+      const batches: ReadonlyArray<ReadonlyArray<ClaimedDelivery>> = yield* Effect.uninterruptible(
+        claimsAtOnce(backlog, current.maxConcurrentDeliveries - attempts.size - ahead.size, limit) === 1
+          ? Effect.map(claimOnce, (rows) => [rows])
+          : Effect.all([claimOnce, claimOnce], { concurrency: "unbounded" })
+      )
+      const claimed = batches.flat()
       if (claimed.length > 0) {
         metrics.claimed(claimed.length)
         metrics.inFlight(attempts.size)
         const reclaimed = claimed.filter((row) => row.reclaimed).length
         if (reclaimed > 0) metrics.leasesReclaimed(reclaimed)
       }
-      backlog = claimed.length === limit
+      backlog = batches.every((rows) => rows.length === limit)
       if (!backlog && settleStep < SETTLE_STEPS_MS.length) {
         waitMs = SETTLE_STEPS_MS[settleStep]!
       } else if (!backlog) {

@@ -1,11 +1,12 @@
 import { it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
 import type { PgClient } from "@effect/sql-pg"
-import { Duration, Effect, Either, Layer, type Scope } from "effect"
+import { type Context, Duration, Effect, Either, Layer, type Scope } from "effect"
 import { describe, expect } from "vitest"
 import { decodeEncryptionKey } from "../../src/config/AppConfig.js"
 import { Keyring } from "../../src/crypto/Keyring.js"
 import { insertRows, toRow } from "../../src/queue/Enqueue.js"
+import type { DeliveryQueue } from "../../src/queue/DeliveryQueue.js"
 import { makeReceiver } from "../utils/Receiver.js"
 import { layerPg } from "../utils/TestDatabase.js"
 import { eventually, startWorker, TEST_KEY } from "../utils/WorkerHarness.js"
@@ -220,5 +221,57 @@ describe("recording results (group commit)", () => {
       })
       expect(rushed).toEqual([])
       expect(writes.length).toBeLessThan(rows / 10)
+    })), 60_000)
+})
+
+describe("claiming with a backlog", () => {
+  // Each claim is the real one behind 40 ms (a busy or distant database), so one claim at a
+  // time would take in at most a batch per 40 ms.
+  const slowClaims = (calls: Array<{ startMs: number; endMs: number; rows: number; limit: number }>) => ({
+    wrapQueue: (queue: Context.Tag.Service<typeof DeliveryQueue>) => ({
+      ...queue,
+      claim: (workerId: string, limit: number, leaseMs: number) =>
+        Effect.suspend(() => {
+          const startMs = performance.now()
+          return Effect.sleep(Duration.millis(40)).pipe(
+            Effect.zipRight(queue.claim(workerId, limit, leaseMs)),
+            Effect.tap((rows) => Effect.sync(() => calls.push({ startMs, endMs: performance.now(), rows: rows.length, limit })))
+          )
+        })
+    })
+  })
+  const overlapping = (calls: ReadonlyArray<{ startMs: number; endMs: number }>) => {
+    const sorted = [...calls].sort((a, b) => a.startMs - b.startMs)
+    return sorted.slice(1).filter((call, i) => call.startMs < sorted[i]!.endMs).length
+  }
+  // Delivers a backlog of `rows` with batches of 5 and `slots` slots; the claims it made.
+  const deliverBacklog = (rows: number, slots: number) =>
+    Effect.gen(function*() {
+      const receiver = yield* makeReceiver
+      yield* enqueue(rows, receiver.url())
+      const calls: Array<{ startMs: number; endMs: number; rows: number; limit: number }> = []
+      const stop = yield* startWorker({ batchSize: 5, maxConcurrentDeliveries: slots, deliveryTimeoutMs: 15_000, leaseMs: 60_000 }, slowClaims(calls))
+      yield* eventually(Effect.map(countByStatus, (counts) => counts.delivered === rows || undefined), "all delivered", 30_000)
+      yield* stop
+      const ids = receiver.requests.map((request) => String(request.headers["webhook-id"]))
+      expect(new Set(ids).size).toBe(rows)
+      expect(ids).toHaveLength(rows)
+      // Every claim still takes at most WORKER_BATCH_SIZE rows.
+      expect(calls.filter((call) => call.rows > 5 || call.limit !== 5)).toEqual([])
+      return calls.filter((call) => call.rows > 0)
+    })
+
+  it.live("while claims come back full and the free slots can take two batches, two claims of a batch each run at once", () =>
+    withDb(Effect.gen(function*() {
+      const claiming = yield* deliverBacklog(120, 40)
+      // Most of the backlog came in through claims that overlapped another.
+      expect(overlapping(claiming)).toBeGreaterThanOrEqual(claiming.length / 3)
+    })), 60_000)
+
+  it.live("with fewer free slots than two batches, claims go one at a time", () =>
+    withDb(Effect.gen(function*() {
+      const claiming = yield* deliverBacklog(60, 9)
+      expect(claiming.length).toBeGreaterThanOrEqual(60 / 5)
+      expect(overlapping(claiming)).toBe(0)
     })), 60_000)
 })

@@ -147,7 +147,7 @@ const AHEAD_MAX_WAIT_MS = 2000
  * 1,200 rows/s, and rows queued behind the claim loop with slots to spare. Each claim still
  * takes at most WORKER_BATCH_SIZE rows; with the slots full there is one claim, as before.
  */
-export const claimsAtOnce = (backlog: boolean, freeSlots: number, batchSize: number): 1 | 2 =>
+const claimsAtOnce = (backlog: boolean, freeSlots: number, batchSize: number): 1 | 2 =>
   backlog && freeSlots >= 2 * batchSize ? 2 : 1
 
 /**

@@ -195,12 +195,13 @@ export const targets = (summaries: ReadonlyArray<SystemSummary>, results: Result
   vs("graphile-batch", 1.5)
   vs("pgboss", 2)
   const ceilingShare = pairedVsCeiling(results)
-  const percent = (v: number) => `${(100 * v).toFixed(0)} %`
+  const shareOfMedians = ratio(ours?.deliveriesPerSec, ceilings.signPostPerSec)
+  const percent = (v: number | null) => (v === null ? "–" : `${(100 * v).toFixed(0)} %`)
   list.push({
     target: "deliveries/s ≥ 50 % of the sign+POST ceiling",
     measured: ceilingShare === null
       ? "not measured"
-      : `${pairedText(ceilingShare, percent)}; medians ${cell(ours?.deliveriesPerSec)} of ${cell(ceilings.signPostPerSec)} = ${percent(ratio(ours?.deliveriesPerSec, ceilings.signPostPerSec) ?? Number.NaN)}`,
+      : `${pairedText(ceilingShare, percent)}; medians ${cell(ours?.deliveriesPerSec)} of ${cell(ceilings.signPostPerSec)} = ${percent(shareOfMedians)}`,
     pass: ceilingShare === null ? null : ceilingShare.median >= 0.5
   })
   const at = (rate: number) => ours?.latency.find((l) => l.rate === rate)

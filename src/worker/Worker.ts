@@ -394,23 +394,22 @@ export const run = Effect.gen(function*() {
       }
       const limit = current.batchSize
       heldTooLong = false
-      // Claim and hand over as one step, so shutdown never strands claimed rows between the two.
-      const claimOnce = Effect.uninterruptible(
-        retryUntilDone(queue.claim(workerId, limit, current.leaseMs), (error) =>
-          // Retrying on purpose (database down) is not a stuck loop: /healthz stays green, /readyz says why.
-          Effect.sync(() => metrics.loopHeartbeat()).pipe(
-            Effect.zipRight(Effect.logWarning("Claiming deliveries failed; retrying")),
-            Effect.annotateLogs({ error: error.message })
-          )).pipe(
-          Effect.tap((rows) =>
-            Effect.sync(() => {
-              const claimedMs = performance.now()
-              for (const row of rows) ahead.put(row, claimedMs)
-              startAhead()
-            })
-          )
+      const claimOnce = retryUntilDone(queue.claim(workerId, limit, current.leaseMs), (error) =>
+        // Retrying on purpose (database down) is not a stuck loop: /healthz stays green, /readyz says why.
+        Effect.sync(() => metrics.loopHeartbeat()).pipe(
+          Effect.zipRight(Effect.logWarning("Claiming deliveries failed; retrying")),
+          Effect.annotateLogs({ error: error.message })
+        )).pipe(
+        Effect.tap((rows) =>
+          Effect.sync(() => {
+            const claimedMs = performance.now()
+            for (const row of rows) ahead.put(row, claimedMs)
+            startAhead()
+          })
         )
       )
+      // Claim and hand over as one step, so shutdown never strands claimed rows between the two
+      // (Effect.all runs both claims with this region's uninterruptibility).
       const batches: ReadonlyArray<ReadonlyArray<ClaimedDelivery>> = yield* Effect.uninterruptible(
         claimsAtOnce(backlog, current.maxConcurrentDeliveries - attempts.size - ahead.size, limit) === 1
           ? Effect.map(claimOnce, (rows) => [rows])

@@ -225,9 +225,15 @@ describe("recording results (group commit)", () => {
 })
 
 describe("claiming with a backlog", () => {
+  interface ClaimCall {
+    readonly startMs: number
+    readonly endMs: number
+    readonly rows: number
+    readonly limit: number
+  }
   // Each claim is the real one behind 40 ms (a busy or distant database), so one claim at a
   // time would take in at most a batch per 40 ms.
-  const slowClaims = (calls: Array<{ startMs: number; endMs: number; rows: number; limit: number }>) => ({
+  const slowClaims = (calls: Array<ClaimCall>) => ({
     wrapQueue: (queue: Context.Tag.Service<typeof DeliveryQueue>) => ({
       ...queue,
       claim: (workerId: string, limit: number, leaseMs: number) =>
@@ -240,7 +246,7 @@ describe("claiming with a backlog", () => {
         })
     })
   })
-  const overlapping = (calls: ReadonlyArray<{ startMs: number; endMs: number }>) => {
+  const overlapping = (calls: ReadonlyArray<ClaimCall>) => {
     const sorted = [...calls].sort((a, b) => a.startMs - b.startMs)
     return sorted.slice(1).filter((call, i) => call.startMs < sorted[i]!.endMs).length
   }
@@ -249,7 +255,7 @@ describe("claiming with a backlog", () => {
     Effect.gen(function*() {
       const receiver = yield* makeReceiver
       yield* enqueue(rows, receiver.url())
-      const calls: Array<{ startMs: number; endMs: number; rows: number; limit: number }> = []
+      const calls: Array<ClaimCall> = []
       const stop = yield* startWorker({ batchSize: 5, maxConcurrentDeliveries: slots, deliveryTimeoutMs: 15_000, leaseMs: 60_000 }, slowClaims(calls))
       yield* eventually(Effect.map(countByStatus, (counts) => counts.delivered === rows || undefined), "all delivered", 30_000)
       yield* stop

@@ -17,10 +17,11 @@ export const runWorker = (instanceNumber: number, files: ReadonlyArray<string>) 
   // One threshold for the logger and for SIGHUP, so a changed LOG_LEVEL applies without a restart.
   const threshold = new Log.LogThreshold("INFO")
   return Effect.gen(function*() {
+    const held = yield* LiveSettings.holdHangups
     const settings = yield* settingsFrom(files)
     yield* requireEncryptionKey(settings)
     const database = yield* databaseFor(settings, "worker")
-    const live = LiveSettings.layer(settings, settingsFrom(files), (next) => threshold.set(next.logLevel))
+    const live = LiveSettings.layer(settings, settingsFrom(files), (next) => threshold.set(next.logLevel), held)
     const metrics = Metrics.layer({ tenantLabels: settings.metricsTenantLabels, processMetrics: settings.metricsEnabled })
     const app = Stack.layer({
       settings: live,
@@ -39,7 +40,7 @@ export const runWorker = (instanceNumber: number, files: ReadonlyArray<string>) 
     )
     yield* database.banner
     return yield* Layer.launch(app)
-  }).pipe((effect) =>
+  }).pipe(Effect.scoped, (effect) =>
     Effect.flatMap(settingsFrom(files).pipe(Effect.option), (settings) => {
       const format = Option.match(settings, { onNone: () => "json" as const, onSome: (s) => s.logFormat })
       threshold.set(Option.match(settings, { onNone: () => "INFO" as const, onSome: (s) => s.logLevel }))

@@ -5,6 +5,7 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Ref from "effect/Ref"
 import * as Runtime from "effect/Runtime"
+import type * as Scope from "effect/Scope"
 import { type AppSettings, type ConfigInvalid, restartOnlySettings, Settings } from "./AppConfig.js"
 
 const comparable = (value: unknown): unknown => {
@@ -20,6 +21,34 @@ export const changedSettings = (before: AppSettings, after: AppSettings): Readon
     !Equal.equals(JSON.stringify(comparable(before[key])), JSON.stringify(comparable(after[key])))
   )
 
+/** SIGHUPs that arrived before the live settings were listening. */
+export interface HeldHangups {
+  /** Whether one arrived since the hold began (and forgets it, so it is replayed once). */
+  readonly take: () => boolean
+}
+
+/**
+ * Holds SIGHUPs from process start until the live settings listen. Node's default action for an
+ * unhandled SIGHUP ends the process, and start-up can take a while (a slow database connection,
+ * another instance's migration lock): a `systemctl reload` then must reload, not kill the worker.
+ */
+export const holdHangups: Effect.Effect<HeldHangups, never, Scope.Scope> = Effect.acquireRelease(
+  Effect.sync(() => {
+    let held = false
+    const listener = () => {
+      held = true
+    }
+    process.on("SIGHUP", listener)
+    const take = () => {
+      const was = held
+      held = false
+      return was
+    }
+    return { listener, take }
+  }),
+  ({ listener }) => Effect.sync(() => process.off("SIGHUP", listener))
+).pipe(Effect.map(({ take }) => ({ take })))
+
 /**
  * Settings that SIGHUP re-reads: the worker reads them at each step, so batch size, poll
  * interval, concurrency, timeouts, retry policy, log level and the encryption keys change
@@ -28,7 +57,8 @@ export const changedSettings = (before: AppSettings, after: AppSettings): Readon
 export const layer = (
   initial: AppSettings,
   reload: Effect.Effect<AppSettings, ConfigInvalid>,
-  onChange: (next: AppSettings) => void
+  onChange: (next: AppSettings) => void,
+  held?: HeldHangups
 ) =>
   Layer.scoped(
     Settings,
@@ -62,6 +92,8 @@ export const layer = (
         Runtime.runFork(runtime)(reloadOnce)
       }
       process.on("SIGHUP", onHangup)
+      // The file may have changed after `initial` was read: a reload asked for during start-up happens now.
+      if (held?.take()) onHangup()
       yield* Effect.addFinalizer(() => Effect.sync(() => process.off("SIGHUP", onHangup)))
       return { get: Ref.get(ref) }
     })

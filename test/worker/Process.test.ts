@@ -3,6 +3,7 @@ import { SqlClient } from "@effect/sql"
 import type { PgClient } from "@effect/sql-pg"
 import { Effect, Layer, type Scope } from "effect"
 import { writeFileSync } from "node:fs"
+import { createConnection, createServer, type Socket } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { describe, expect } from "vitest"
@@ -38,6 +39,54 @@ const insertMany = (count: number, url: string) =>
   Effect.flatMap(SqlClient.SqlClient, (sql) =>
     sql`INSERT INTO webhook_delivery_queue (url, secret, event_type, payload)
         SELECT ${url}, 'test_secret', 'load.test', json_build_object('n', n) FROM generate_series(1, ${count}) AS n`).pipe(Effect.orDie)
+
+
+/**
+ * A TCP proxy in front of the test's PostgreSQL that holds every connection until released: the
+ * worker's start-up waits at its first connection for as long as the test likes.
+ */
+const holdingProxy = (databaseUrl: string) =>
+  Effect.acquireRelease(
+    Effect.async<{ url: string; held: () => number; release: () => void; close: () => void }>((resume) => {
+      const target = new URL(databaseUrl)
+      const waiting: Array<Socket> = []
+      const open = new Set<Socket>()
+      let holding = true
+      const forward = (client: Socket) => {
+        const upstream = createConnection({ host: target.hostname, port: Number(target.port || 5432) })
+        for (const socket of [client, upstream]) {
+          open.add(socket)
+          socket.on("error", () => socket.destroy())
+          socket.on("close", () => open.delete(socket))
+        }
+        client.pipe(upstream).pipe(client)
+      }
+      const server = createServer((client) => {
+        if (holding) {
+          client.pause()
+          waiting.push(client)
+        } else forward(client)
+      })
+      server.listen(0, "127.0.0.1", () => {
+        const address = server.address() as { port: number }
+        const url = new URL(databaseUrl)
+        url.port = String(address.port)
+        resume(Effect.succeed({
+          url: url.toString(),
+          held: () => waiting.length,
+          release: () => {
+            holding = false
+            for (const client of waiting.splice(0)) forward(client)
+          },
+          close: () => {
+            for (const socket of [...waiting, ...open]) socket.destroy()
+            server.close()
+          }
+        }))
+      })
+    }),
+    (proxy) => Effect.sync(() => proxy.close())
+  )
 
 describe("the worker process", () => {
   it.live("SIGKILL mid-run: a new worker delivers every row once the dead worker's leases expire", () =>
@@ -103,6 +152,31 @@ describe("the worker process", () => {
         SELECT status, locked_by, attempt_count, next_retry_at <= now() AS due FROM webhook_delivery_queue`
       expect(rows).toHaveLength(3)
       for (const row of rows) expect(row).toEqual({ status: "pending", locked_by: null, attempt_count: 1, due: true })
+    })), 30_000)
+
+  it.live("SIGHUP while the worker is still starting (its database connection held open) neither kills it nor is lost: the reload applies once it listens", () =>
+    withDb(Effect.gen(function*() {
+      const db = yield* TestDb
+      const receiver = yield* makeReceiver
+      const proxy = yield* holdingProxy(db.url)
+      const envFile = join(tmpdir(), `ww-early-hup-${process.pid}-${Date.now()}.env`)
+      writeFileSync(envFile, "LOG_LEVEL=WARN\n")
+      const worker = yield* spawnCli(["run", "--env-file", envFile], workerEnv(proxy.url))
+      yield* eventually(Effect.sync(() => proxy.held() > 0 || undefined), "the worker waiting for its database", 10_000)
+      writeFileSync(envFile, "LOG_LEVEL=INFO\n")
+      yield* worker.signal("SIGHUP")
+      // Node's default action would have ended the process by now.
+      yield* Effect.sleep("300 millis")
+      expect(worker.process.exitCode).toBeNull()
+      expect(worker.process.signalCode).toBeNull()
+      proxy.release()
+      const reloaded = yield* worker.waitForLine(/Configuration reloaded/)
+      expect(JSON.parse(reloaded).changed).toBe("logLevel")
+      // LOG_LEVEL=INFO now: attempts are logged.
+      yield* insertMany(1, receiver.url())
+      yield* worker.waitForLine(/Delivering webhook.*"outcome":"delivered"/)
+      yield* worker.signal("SIGTERM")
+      expect(yield* worker.exited).toBe(0)
     })), 30_000)
 
   it.live("SIGINT drains like SIGTERM: in-flight deliveries finish, the process exits 0 and leaves nothing claimed", () =>

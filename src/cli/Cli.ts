@@ -10,7 +10,7 @@ import { version } from "../PackageInfo.js"
 import { type Destination, insertRows, toRow } from "../queue/Enqueue.js"
 import { listDeadLetters, queueStats, retryAllDeadLetters, retryDeadLetters } from "../queue/Operations.js"
 import { batchSize, envFile, json, keyringFrom, numberOption, settingsFrom, withDatabase } from "./Common.js"
-import { CliEnvironment, say } from "./CliEnvironment.js"
+import { CliEnvironment, note, say } from "./CliEnvironment.js"
 import { CommandFailed, formatTable, makeProgress, printJson, printTable, UsageError } from "./Output.js"
 import { dlqArchiveCommand, opsCommands } from "./OpsCommands.js"
 import { receiveCommand } from "./ReceiveCommand.js"
@@ -77,7 +77,8 @@ const enqueueCommand = Command.make("enqueue", {
       return yield* new UsageError({ flag: "--payload", reason: `not valid JSON: ${(error as Error).message}` })
     }
     const settings = yield* settingsFrom(args.envFile)
-    const keyring = yield* keyringFrom(settings)
+    // Only a URL's secret is stored (encrypted); an endpoint's secret is already in its row.
+    const keyring = "url" in destination ? yield* keyringFrom(settings) : undefined
     const io = yield* CliEnvironment
     const row = toRow({
       destination,
@@ -93,7 +94,11 @@ const enqueueCommand = Command.make("enqueue", {
     if (Either.isLeft(row)) return yield* new UsageError({ flag: flagOf(row.left.field), reason: row.left.reason })
     const [enqueued] = yield* withDatabase(settings, insertRows([row.right]))
     if (args.json) yield* printJson(enqueued)
-    else yield* say(enqueued!.duplicate ? `${enqueued!.id} (already queued with this idempotency key)` : enqueued!.id)
+    else {
+      // stdout carries the id alone, so `ID=$(webhook-worker enqueue …)` works for a repeat too.
+      yield* say(enqueued!.id)
+      if (enqueued!.duplicate) yield* note("already queued with this idempotency key: nothing new was queued")
+    }
   })).pipe(Command.withDescription("Queue one delivery and print its id"))
 
 const flagOf = (field: string) =>

@@ -14,7 +14,7 @@ import * as Redacted from "effect/Redacted"
 import * as Scope from "effect/Scope"
 import Pg from "pg"
 import { type AppSettings, ConfigInvalid, type LogFormat, type LogLevelName } from "../config/AppConfig.js"
-import { Keyring, keyringOf } from "../crypto/Keyring.js"
+import { keyringOf } from "../crypto/Keyring.js"
 import * as Database from "../db/Database.js"
 import { ensureMigrated } from "../db/Migrator.js"
 import * as Log from "../observability/Log.js"
@@ -114,19 +114,6 @@ const keyNeeded = () =>
   })
 
 /**
- * Stands in for the keyring of a client without a key, where only endpoint deliveries (which
- * store no secret) are queued; encrypting with it is a bug, and says so.
- */
-class NoKeyring extends Keyring {
-  constructor() {
-    super(Buffer.alloc(32), [])
-  }
-  override encrypt(): string {
-    throw keyNeeded()
-  }
-}
-
-/**
  * The producer's trace context from the OpenTelemetry API's active span, when the app runs an
  * OTel SDK (the API finds it through its global registration); undefined otherwise.
  */
@@ -160,7 +147,6 @@ export const createWebhookClient = (database: DatabaseConnection, options: Webho
     { keyRequired: options.encryptionKey !== undefined }
   )
   const keyring = Option.getOrUndefined(keyringOf(settings))
-  const rowKeyring = keyring ?? new NoKeyring()
   const { owned, pool } = poolOf(database)
   let closed: Promise<void> | undefined
 
@@ -181,7 +167,7 @@ export const createWebhookClient = (database: DatabaseConnection, options: Webho
       }
       const row = toRow(
         request.traceparent === undefined && traceparent !== undefined ? { ...request, traceparent } : request,
-        rowKeyring,
+        keyring,
         settings.defaultMaxAttempts
       )
       if (Either.isLeft(row)) return Promise.reject(row.left)

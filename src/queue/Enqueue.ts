@@ -163,7 +163,8 @@ export interface Row {
 /** Validates a request and turns it into the row to insert (secret encrypted). */
 export const toRow = (
   request: EnqueueRequest,
-  keyring: Keyring,
+  /** Encrypts a URL destination's secret; endpoint destinations store none and need no key. */
+  keyring: Keyring | undefined,
   defaultMaxAttempts: number
 ): Either.Either<Row, InvalidEnqueueRequest> =>
   Either.gen(function*() {
@@ -209,6 +210,7 @@ export const toRow = (
     }
     const url = yield* validateUrl(destination.url)
     const secret = yield* validateSecret(destination.secret)
+    if (keyring === undefined) return yield* invalid("secret", "cannot be stored: no encryption key (WEBHOOK_SECRET_ENCRYPTION_KEY) is set")
     return { ...base, endpointId: null, url, secret: keyring.encrypt(secret) }
   })
 

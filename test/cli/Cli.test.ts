@@ -81,6 +81,11 @@ describe("CLI", () => {
       const [a, b] = [yield* runCli(keyed, env(db.url)), yield* runCli(keyed, env(db.url))]
       expect(JSON.parse(a.stdout)).toEqual({ id: expect.any(String), duplicate: false })
       expect(JSON.parse(b.stdout)).toEqual({ id: JSON.parse(a.stdout).id, duplicate: true })
+      // Without --json a repeat prints the same id alone on stdout (for ID=$(…)); the remark goes to stderr.
+      const repeat = yield* runCli(keyed.filter((arg) => arg !== "--json"), env(db.url))
+      expect(repeat.code).toBe(0)
+      expect(repeat.stdout).toBe(`${JSON.parse(a.stdout).id}\n`)
+      expect(repeat.stderr.trim()).toBe("already queued with this idempotency key: nothing new was queued")
       const sql = yield* SqlClient.SqlClient
       const rows = yield* sql<{ secret: string; max_attempts: number; userId: string | null; payload: unknown }>`
         SELECT secret, max_attempts, "userId", payload FROM webhook_delivery_queue ORDER BY "createdAt"`

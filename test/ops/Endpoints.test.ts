@@ -96,7 +96,7 @@ describe("endpoints", () => {
         expect(unknown.stderr.trim()).toBe("webhook-worker: endpoint 00000000-0000-4000-8000-000000000000 does not exist")
       })))
 
-  it.live("enqueue --endpoint honours the endpoint's event types, end to end, signed with its secret", () =>
+  it.live("enqueue --endpoint honours the endpoint's event types, end to end, signed with its secret, and needs no encryption key", () =>
     withDb((db) =>
       Effect.gen(function*() {
         const env = cliEnv(db.url)
@@ -108,7 +108,14 @@ describe("endpoints", () => {
         expect(refused.stderr).toContain("does not subscribe to user.deleted")
         expect(yield* count("SELECT count(*) FROM webhook_delivery_queue")).toBe(0)
 
-        const queued = expectOk(yield* runCli(["enqueue", "--endpoint", id!, "--event-type", "order.paid", "--payload", `{"order":7}`], env)).trim()
+        // The endpoint's secret is already stored: a producer that only enqueues to endpoints needs no key.
+        const keyless = cliEnv(db.url, { WEBHOOK_SECRET_ENCRYPTION_KEY: undefined })
+        const queued = expectOk(yield* runCli(["enqueue", "--endpoint", id!, "--event-type", "order.paid", "--payload", `{"order":7}`], keyless)).trim()
+        // A URL's secret is stored encrypted, so that one still needs the key.
+        const urlWithoutKey = yield* runCli(["enqueue", "--url", receiver.url("/orders"), "--secret", "s", "--event-type", "order.paid", "--payload", "{}"], keyless)
+        expect(urlWithoutKey.code).toBe(2)
+        expect(urlWithoutKey.stderr).toMatch(/^webhook-worker: WEBHOOK_SECRET_ENCRYPTION_KEY: /)
+        expect(yield* count("SELECT count(*) FROM webhook_delivery_queue")).toBe(1)
         const stop = yield* startWorker()
         yield* eventually(statusIs(queued, "delivered"), "delivered")
         yield* stop

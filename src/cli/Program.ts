@@ -4,6 +4,8 @@ import * as Cause from "effect/Cause"
 import type * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
+import { readFileSync } from "node:fs"
+import { parseEnvFile } from "../config/EnvFile.js"
 import { causeMessage } from "../observability/Log.js"
 import { cli } from "./Cli.js"
 import { CliEnvironment } from "./CliEnvironment.js"
@@ -31,6 +33,38 @@ const describeFailure = (cause: Cause.Cause<unknown>): string => {
     }
   }
   return causeMessage(cause)
+}
+
+/** The cause with stacks, and the errors it wraps (a driver's error inside an SqlError, say). */
+const fullCause = (cause: Cause.Cause<unknown>): string => {
+  const parts = [Cause.pretty(cause)]
+  let inner: unknown = Option.getOrUndefined(Cause.failureOption(cause))
+  for (let depth = 0; depth < 5 && typeof inner === "object" && inner !== null && "cause" in inner; depth++) {
+    inner = inner.cause
+    if (inner === undefined || inner === null) break
+    parts.push(`Caused by: ${inner instanceof Error ? inner.stack ?? inner.message : String(inner)}`)
+  }
+  return parts.join("\n")
+}
+
+/**
+ * The LOG_LEVEL a failed command ran with: the environment's, unless an `--env-file` sets it
+ * (a later file wins, as for every setting), so the guide's `webhook-worker-admin` runs, whose
+ * files hold the settings, can ask for the full cause too.
+ */
+const logLevelOf = (argv: ReadonlyArray<string>, env: Readonly<Record<string, string | undefined>>): string | undefined => {
+  let level = env.LOG_LEVEL
+  argv.forEach((arg, index) => {
+    const path = arg === "--env-file" ? argv[index + 1] : undefined
+    if (path === undefined) return
+    try {
+      const vars = parseEnvFile(readFileSync(path, "utf8"), path)
+      if (vars instanceof Map && vars.has("LOG_LEVEL")) level = vars.get("LOG_LEVEL")
+    } catch {
+      // An unreadable file was already reported as the command's own error.
+    }
+  })
+  return level
 }
 
 // eslint-disable-next-line no-control-regex
@@ -63,7 +97,7 @@ export const runProgram = (argv: ReadonlyArray<string>): Effect.Effect<number> =
             io.stderr(`webhook-worker: ${first ?? "invalid usage"} (see --help)\n`)
           } else {
             io.stderr(`webhook-worker: ${describeFailure(cause)}\n`)
-            if (io.env.LOG_LEVEL?.toUpperCase() === "DEBUG") io.stderr(Cause.pretty(cause) + "\n")
+            if (logLevelOf(argv, io.env)?.trim().toUpperCase() === "DEBUG") io.stderr(fullCause(cause) + "\n")
           }
           return code
         })

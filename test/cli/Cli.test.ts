@@ -10,6 +10,7 @@ import Pg from "pg"
 import { describe, expect } from "vitest"
 import { runCli as runBinary, runCliInProcess as runCli } from "../utils/Cli.js"
 import { TestDb } from "../utils/TestDatabase.js"
+import { freePort } from "../utils/Ports.js"
 import { adminUrl, databaseUrl } from "../utils/urls.js"
 import { TEST_KEY } from "../utils/WorkerHarness.js"
 
@@ -94,6 +95,37 @@ describe("CLI", () => {
       expect(rows[0]!.secret).not.toContain("s3cr3t")
       expect(rows[1]).toMatchObject({ max_attempts: 3, userId: "u1", payload: { order: 1 } })
     })), 60_000)
+
+  it.live("a runtime failure is one line on stderr, exit 1; LOG_LEVEL=DEBUG, from the environment or an --env-file, adds its full cause", () =>
+    Effect.gen(function*() {
+      const unreachable = `postgres://postgres@127.0.0.1:${yield* freePort}/nowhere`
+      const plain = yield* runCli(["stats"], { DATABASE_URL: unreachable })
+      expect(plain.code).toBe(1)
+      expect(oneLine(plain.stderr)).toMatch(/^webhook-worker: database error: .*ECONNREFUSED/)
+      const dir = mkdtempSync(join(tmpdir(), "ww-debug-"))
+      try {
+        const debugFile = join(dir, "debug.env")
+        writeFileSync(debugFile, `DATABASE_URL=${unreachable}\nLOG_LEVEL=DEBUG\n`)
+        const quietFile = join(dir, "quiet.env")
+        writeFileSync(quietFile, "LOG_LEVEL=INFO\n")
+        for (const [args, env] of [
+          [["stats"], { DATABASE_URL: unreachable, LOG_LEVEL: "debug" }],
+          [["stats", "--env-file", debugFile], { LOG_LEVEL: "INFO" }]
+        ] as const) {
+          const debug = yield* runCli(args, env)
+          expect(debug.code, args.join(" ")).toBe(1)
+          const [first, ...rest] = debug.stderr.trim().split("\n")
+          expect(first).toBe(plain.stderr.trim())
+          expect(rest.join("\n"), args.join(" ")).toMatch(/ECONNREFUSED[\s\S]*\n\s+at /)
+        }
+        // A later file wins: its LOG_LEVEL=INFO keeps the failure to one line.
+        const later = yield* runCli(["stats", "--env-file", debugFile, "--env-file", quietFile], {})
+        expect(later.code).toBe(1)
+        expect(oneLine(later.stderr)).toBe(plain.stderr.trim())
+      } finally {
+        rmSync(dir, { recursive: true, force: true })
+      }
+    }), 60_000)
 
   it.live("bad input: one line naming the culprit, exit 2", () =>
     withDb(Effect.gen(function*() {

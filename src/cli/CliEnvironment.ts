@@ -1,5 +1,6 @@
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import { isJournalStream } from "../observability/Log.js"
 
 /**
  * What a command sees of its process: environment variables and the two output streams. The
@@ -12,6 +13,8 @@ export interface CliIO {
   readonly stderr: (text: string) => void
   /** Progress bars are drawn only on a terminal. */
   readonly stderrIsTTY: boolean
+  /** Under systemd, a failure's line is marked as an error for journald (`<3>`). */
+  readonly stderrIsJournal: boolean
 }
 
 export class CliEnvironment extends Context.Reference<CliEnvironment>()("webhook-worker/CliEnvironment", {
@@ -19,7 +22,8 @@ export class CliEnvironment extends Context.Reference<CliEnvironment>()("webhook
     env: process.env,
     stdout: (text) => void process.stdout.write(text),
     stderr: (text) => void process.stderr.write(text),
-    stderrIsTTY: process.stderr.isTTY === true
+    stderrIsTTY: process.stderr.isTTY === true,
+    stderrIsJournal: isJournalStream(2)
   })
 }) {}
 

@@ -92,11 +92,13 @@ export const runProgram = (argv: ReadonlyArray<string>): Effect.Effect<number> =
         Effect.sync(() => {
           if (Cause.isInterruptedOnly(cause)) return 0
           const code = exitCodeOf(cause)
+          // journald stores the line as an error and strips the prefix (SyslogLevelPrefix=).
+          const errorPrefix = io.stderrIsJournal ? "<3>" : ""
           if (Option.exists(Cause.failureOption(cause), ValidationError.isValidationError)) {
             const first = usage.join("\n").replace(ANSI, "").split("\n").map((line) => line.trim()).find((line) => line !== "")
-            io.stderr(`webhook-worker: ${first ?? "invalid usage"} (see --help)\n`)
+            io.stderr(`${errorPrefix}webhook-worker: ${first ?? "invalid usage"} (see --help)\n`)
           } else {
-            io.stderr(`webhook-worker: ${describeFailure(cause)}\n`)
+            io.stderr(`${errorPrefix}webhook-worker: ${describeFailure(cause)}\n`)
             if (logLevelOf(argv, io.env)?.trim().toUpperCase() === "DEBUG") io.stderr(fullCause(cause) + "\n")
           }
           return code

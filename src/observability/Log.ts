@@ -11,6 +11,7 @@ import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Tracer from "effect/Tracer"
+import { fstatSync } from "node:fs"
 import type { LogFormat, LogLevelName } from "../config/AppConfig.js"
 import { isoTimeFormatter } from "../lib/IsoTime.js"
 
@@ -47,7 +48,31 @@ export class LogThreshold {
 
 export interface LogOutput {
   readonly write: (line: string) => void
+  /**
+   * Start each line with its syslog priority (`<4>` for WARN…): journald reads the prefix, stores
+   * the line at that priority and strips it (SyslogLevelPrefix=), so `journalctl -p warning`
+   * finds warnings and errors, and `-o cat` still shows the plain line.
+   */
+  readonly syslogPriorities?: boolean
 }
+
+/**
+ * Whether a file descriptor is connected to the journal: systemd sets JOURNAL_STREAM to the
+ * device and inode of the stream it gives a service (sd_journal_stream_fd(3)); a descriptor
+ * redirected elsewhere (a pipe to another program) no longer matches.
+ */
+export const isJournalStream = (fd: number, env: Readonly<Record<string, string | undefined>> = process.env): boolean => {
+  const stream = env.JOURNAL_STREAM
+  if (stream === undefined || stream === "") return false
+  try {
+    const stat = fstatSync(fd, { bigint: true })
+    return stream === `${stat.dev}:${stat.ino}`
+  } catch {
+    return false
+  }
+}
+
+const SYSLOG_PRIORITY: Record<LogLevelName, string> = { DEBUG: "<7>", INFO: "<6>", WARN: "<4>", ERROR: "<3>" }
 
 /**
  * Lines handed to `writeText` once per event-loop turn: a busy worker logs a line per attempt,
@@ -75,11 +100,11 @@ export const batchedOutput = (writeText: (text: string) => void): LogOutput & { 
   }
 }
 
-/** Standard output, batched; flushed on exit. */
+/** Standard output, batched; flushed on exit. Under systemd, lines carry their priority. */
 const stdout: LogOutput = (() => {
   const output = batchedOutput((text) => process.stdout.write(text))
   process.on("exit", output.flush)
-  return output
+  return { ...output, syslogPriorities: isJournalStream(1) }
 })()
 
 const messageParts = (message: unknown): ReadonlyArray<unknown> => (Array.isArray(message) ? message : [message])
@@ -114,13 +139,15 @@ export const makeLogger = (
   output: LogOutput = stdout,
   fields: Readonly<Record<string, string | number>> = {}
 ) => {
-  const emit = (record: Record<string, unknown>) => {
+  const prefixOf = output.syslogPriorities === true ? (level: LogLevelName) => SYSLOG_PRIORITY[level] : () => ""
+  const emit = (level: LogLevelName, record: Record<string, unknown>) => {
     if (format === "json") {
-      output.write(jsonText(record) + "\n")
+      output.write(prefixOf(level) + jsonText(record) + "\n")
     } else {
-      const { level, msg, time, ...extra } = record
+      const { msg, time, ...extra } = record
+      delete extra.level
       const rest = Object.entries(extra).map(([key, value]) => `${key}=${typeof value === "string" ? value : jsonText(value)}`)
-      output.write(`${String(time)} ${String(level).padEnd(5)} ${String(msg)}${rest.length > 0 ? " " + rest.join(" ") : ""}\n`)
+      output.write(`${prefixOf(level)}${String(time)} ${level.padEnd(5)} ${String(msg)}${rest.length > 0 ? " " + rest.join(" ") : ""}\n`)
     }
   }
   const timeText = isoTimeFormatter()
@@ -138,7 +165,7 @@ export const makeLogger = (
     if (!Cause.isEmpty(cause)) {
       record.error = threshold.allows("DEBUG") ? Cause.pretty(cause) : causeMessage(cause)
     }
-    emit(record)
+    emit(level, record)
   })
   const ownKeys = ["time", "level", "msg", ...Object.keys(fields)]
   const fieldsText = Object.keys(fields).length === 0 ? "" : "," + JSON.stringify(fields).slice(1, -1)
@@ -154,13 +181,13 @@ export const makeLogger = (
       return false
     }
     const rest = lineText.length > 2 ? "," + lineText.slice(1) : "}"
-    output.write(`{"time":"${timeText(Date.now())}","level":"${level}","msg":${JSON.stringify(message)}${fieldsText}${rest}\n`)
+    output.write(`${prefixOf(level)}{"time":"${timeText(Date.now())}","level":"${level}","msg":${JSON.stringify(message)}${fieldsText}${rest}\n`)
     return true
   }
   const direct: DirectLog = (level, message, lineFields) => {
     if (!threshold.allows(level)) return
     if (format === "json" && writeJsonDirectly(level, message, lineFields)) return
-    emit({ time: timeText(Date.now()), level, msg: message, ...fields, ...lineFields })
+    emit(level, { time: timeText(Date.now()), level, msg: message, ...fields, ...lineFields })
   }
   return Object.assign(logger, { [DIRECT]: direct })
 }

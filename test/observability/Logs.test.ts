@@ -144,6 +144,33 @@ describe("log lines", () => {
       }).pipe(Effect.provide(capturing(lines, "json", threshold)))
     })))
 
+  it.effect("under journald (JOURNAL_STREAM) each line starts with its syslog priority, the line itself unchanged after it", () =>
+    Effect.gen(function*() {
+      for (const format of ["json", "pretty"] as const) {
+        const lines: Array<string> = []
+        const journal = Log.layer(format, new Log.LogThreshold("DEBUG"), { write: (line) => lines.push(line), syslogPriorities: true }, { instance: 1 })
+        yield* Effect.gen(function*() {
+          yield* Effect.logDebug("d")
+          yield* Effect.logInfo("i")
+          yield* Effect.logWarning("w")
+          yield* Effect.logError("e")
+          Option.getOrThrow(yield* Log.directLog)("INFO", "Delivering webhook", { attempt: 1 })
+          Option.getOrThrow(yield* Log.directLog)("WARN", "Delivering webhook", { attempt: 2 })
+        }).pipe(Effect.provide(journal))
+        expect(lines.map((line) => line.slice(0, 3))).toEqual(["<7>", "<6>", "<4>", "<3>", "<6>", "<4>"])
+        const rest = lines.map((line) => line.slice(3))
+        if (format === "json") {
+          expect(parse(rest).map((line) => line.level)).toEqual(["DEBUG", "INFO", "WARN", "ERROR", "INFO", "WARN"])
+        } else {
+          expect(rest[2]).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z WARN  w instance=1\n$/)
+        }
+      }
+      // Elsewhere (a terminal, a pipe, a file) lines have no prefix.
+      const plain: Array<string> = []
+      yield* Effect.logWarning("w").pipe(Effect.provide(capturing(plain)))
+      expect(plain[0]!.startsWith("{")).toBe(true)
+    }))
+
   it.effect("a line is written whatever the annotations hold (bigints, cycles, redacted values)", () =>
     Effect.gen(function*() {
       const lines: Array<string> = []

@@ -34,7 +34,8 @@ export const runCliInProcess = (args: ReadonlyArray<string>, env: Record<string,
         env: baseEnv(env),
         stdout: (text) => void (stdout += text),
         stderr: (text) => void (stderr += text),
-        stderrIsTTY: false
+        stderrIsTTY: false,
+        stderrIsJournal: false
       }),
       Effect.map((code): CliResult => ({ code, stdout, stderr }))
     )

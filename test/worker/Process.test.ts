@@ -4,6 +4,7 @@ import type { PgClient } from "@effect/sql-pg"
 import { Effect, Layer, type Scope } from "effect"
 import { writeFileSync } from "node:fs"
 import { createConnection, createServer, type Socket } from "node:net"
+import { spawn } from "node:child_process"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { describe, expect } from "vitest"
@@ -86,6 +87,34 @@ const holdingProxy = (databaseUrl: string) =>
       })
     }),
     (proxy) => Effect.sync(() => proxy.close())
+  )
+
+/**
+ * Runs the binary as systemd does with StandardOutput=journal: stdout and stderr one stream, and
+ * JOURNAL_STREAM naming that stream's device:inode (`stream` overrides it). Output as lines.
+ */
+const spawnUnderJournal = (args: ReadonlyArray<string>, env: Record<string, string>, stream?: string) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const bin = join(import.meta.dirname, "..", "..", "bin", "webhook-worker.js")
+      const script = stream === undefined
+        ? `exec 3>&1; export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/3); exec 3>&-; exec "$@" 2>&1`
+        : `export JOURNAL_STREAM=${stream}; exec "$@" 2>&1`
+      const child = spawn("sh", ["-c", script, "sh", process.execPath, bin, ...args], {
+        env: { PATH: process.env.PATH ?? "", ...env },
+        stdio: ["ignore", "pipe", "inherit"]
+      })
+      const lines: Array<string> = []
+      let buffered = ""
+      child.stdout!.on("data", (chunk: Buffer) => {
+        const parts = (buffered + chunk.toString()).split("\n")
+        buffered = parts.pop()!
+        lines.push(...parts)
+      })
+      const exited = new Promise<number | null>((done) => child.on("exit", (code) => done(code)))
+      return { child, lines, exited: Effect.promise(() => exited) }
+    }),
+    ({ child }) => Effect.sync(() => void child.kill("SIGKILL"))
   )
 
 describe("the worker process", () => {
@@ -177,6 +206,44 @@ describe("the worker process", () => {
       yield* worker.waitForLine(/Delivering webhook.*"outcome":"delivered"/)
       yield* worker.signal("SIGTERM")
       expect(yield* worker.exited).toBe(0)
+    })), 30_000)
+
+  it.live("under systemd's journal stream every line carries its syslog priority (journalctl -p warning finds warnings); elsewhere none", () =>
+    withDb(Effect.gen(function*() {
+      const db = yield* TestDb
+      const receiver = yield* makeReceiver
+      const envFile = join(tmpdir(), `ww-journal-${process.pid}-${Date.now()}.env`)
+      writeFileSync(envFile, "LOG_LEVEL=INFO\n")
+      const worker = yield* spawnUnderJournal(["run", "--env-file", envFile], workerEnv(db.url))
+      const lineWith = (text: string) =>
+        eventually(Effect.sync(() => worker.lines.find((line) => line.includes(text))), text, 15_000)
+      expect(yield* lineWith("Worker started")).toMatch(/^<6>\{/)
+      yield* insertMany(1, receiver.url())
+      expect(yield* lineWith("Delivering webhook")).toMatch(/^<6>\{/)
+      writeFileSync(envFile, "LOG_LEVEL=INFO\nMETRICS_PORT=9999\n")
+      worker.child.kill("SIGHUP")
+      expect(yield* lineWith("apply only after a restart")).toMatch(/^<4>\{/)
+      writeFileSync(envFile, "WORKER_BATCH_SIZE=lots\n")
+      worker.child.kill("SIGHUP")
+      expect(yield* lineWith("Reload failed")).toMatch(/^<3>\{/)
+      worker.child.kill("SIGTERM")
+      expect(yield* worker.exited).toBe(0)
+      // Every line: the prefix its level calls for, then the plain JSON line.
+      for (const line of worker.lines.filter((l) => l !== "")) {
+        const level = (JSON.parse(line.slice(3)) as { level: string }).level
+        expect(line.slice(0, 3), line).toBe({ DEBUG: "<7>", INFO: "<6>", WARN: "<4>", ERROR: "<3>" }[level])
+      }
+
+      // A command's failure line is an error.
+      const unreachable = `postgres://postgres@127.0.0.1:1/nowhere`
+      const failed = yield* spawnUnderJournal(["stats"], { DATABASE_URL: unreachable })
+      expect(yield* failed.exited).toBe(1)
+      expect(failed.lines[0]).toMatch(/^<3>webhook-worker: database error: /)
+
+      // JOURNAL_STREAM naming another stream (output redirected away from the journal): no prefix.
+      const elsewhere = yield* spawnUnderJournal(["stats"], { DATABASE_URL: unreachable }, "1:1")
+      expect(yield* elsewhere.exited).toBe(1)
+      expect(elsewhere.lines[0]).toMatch(/^webhook-worker: database error: /)
     })), 30_000)
 
   it.live("SIGINT drains like SIGTERM: in-flight deliveries finish, the process exits 0 and leaves nothing claimed", () =>

@@ -9,7 +9,8 @@
 #   npm ci && npm pack
 #   sudo sh systemd/install.sh ./webhook-worker-0.1.0.tgz
 # Any npm package spec works in place of the tarball. Running it again upgrades in place;
-# it never overwrites the env file. Then: DEPLOYMENT.md, "Environment Configuration".
+# it never overwrites the env file, nor a webhook-worker.target edited since it was installed.
+# Then: DEPLOYMENT.md, "Environment Configuration".
 #
 # The paths can be changed for packaging or a dry run into a scratch directory:
 #   PREFIX CONF_DIR UNIT_DIR BIN_DIR SBIN_DIR SERVICE_USER NPM
@@ -60,8 +61,21 @@ else
 fi
 
 mkdir -p "$UNIT_DIR"
-cp "$PKG_DIR/systemd/webhook-worker@.service" "$PKG_DIR/systemd/webhook-worker.target" "$UNIT_DIR/"
-chmod 644 "$UNIT_DIR/webhook-worker@.service" "$UNIT_DIR/webhook-worker.target"
+cp "$PKG_DIR/systemd/webhook-worker@.service" "$UNIT_DIR/"
+chmod 644 "$UNIT_DIR/webhook-worker@.service"
+# The target is the operator's to edit (DEPLOYMENT.md "Scaling" adds instances to its Wants=):
+# an upgrade replaces it only while it is still the copy this script installed, as recorded.
+TARGET=$UNIT_DIR/webhook-worker.target
+TARGET_RECORD=$PREFIX/.installed-target.sha256
+checksum() { sha256sum "$1" | cut -d ' ' -f 1; }
+if [ -e "$TARGET" ] && ! cmp -s "$TARGET" "$PKG_DIR/systemd/webhook-worker.target" \
+  && { [ ! -e "$TARGET_RECORD" ] || [ "$(checksum "$TARGET")" != "$(cat "$TARGET_RECORD")" ]; }; then
+  say "keeping $TARGET (edited here; the packaged one is $PKG_DIR/systemd/webhook-worker.target)"
+else
+  cp "$PKG_DIR/systemd/webhook-worker.target" "$TARGET"
+  chmod 644 "$TARGET"
+  checksum "$TARGET" > "$TARGET_RECORD"
+fi
 SYSTEMD_VERSION=$(systemctl --version 2>/dev/null | awk 'NR == 1 { print $2 + 0 }')
 if [ "${SYSTEMD_VERSION:-0}" -ge 254 ]; then
   mkdir -p "$UNIT_DIR/webhook-worker@.service.d"

@@ -1,6 +1,7 @@
 import { it } from "@effect/vitest"
 import { ConfigProvider, Effect, Option } from "effect"
 import { execFileSync, spawnSync } from "node:child_process"
+import { createHash } from "node:crypto"
 import { chmodSync, existsSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -226,6 +227,18 @@ ln -sf ../webhook-worker/bin/webhook-worker.js "$prefix/node_modules/.bin/webhoo
         writeFileSync(envFile, `DATABASE_URL=postgresql://nobody:wrong@127.0.0.1:1/none\nWEBHOOK_SECRET_ENCRYPTION_KEY=${TEST_KEY}\nLOG_LEVEL=WARN\n`)
         expect(install()).toContain("keeping")
         expect(readFileSync(envFile, "utf8")).toContain("LOG_LEVEL=WARN")
+        // So do instances added to the target's Wants= (DEPLOYMENT.md "Scaling")…
+        const target = join(paths.UNIT_DIR, "webhook-worker.target")
+        const scaled = read("webhook-worker.target").replace("webhook-worker@3.service", "webhook-worker@3.service webhook-worker@4.service")
+        writeFileSync(target, scaled)
+        expect(install()).toContain(`keeping ${target} (edited here`)
+        expect(readFileSync(target, "utf8")).toBe(scaled)
+        // …while a target as an earlier install left it is brought up to date.
+        const earlier = "[Unit]\nDescription=an earlier release's target\n"
+        writeFileSync(target, earlier)
+        writeFileSync(join(paths.PREFIX, ".installed-target.sha256"), createHash("sha256").update(earlier).digest("hex") + "\n")
+        expect(install()).not.toContain(`keeping ${target}`)
+        expect(readFileSync(target, "utf8")).toBe(read("webhook-worker.target"))
 
         // webhook-worker-admin: the service's settings (the key), the owner's DATABASE_URL. Values
         // with `$`, `&`, `;` and backticks, which a shell sourcing the files would expand, cut or

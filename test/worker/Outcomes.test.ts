@@ -255,6 +255,38 @@ describe("every outcome of SPEC.md, end to end", () => {
       expect(secrets[0]!.secret).toMatch(/^enc:v1:/)
     })))
 
+  it.live("the guide's manual retry (UPDATE … SET status = 'pending' on a dead letter) gets one more attempt: delivered, or dead-lettered again", () =>
+    withDb(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const receiver = yield* makeReceiver
+      let partnerFixed = false
+      receiver.respond = (request) => (request.path === "/fixed" && partnerFixed ? { status: 200 } : { status: 500 })
+      const fixed = yield* insertRaw({ url: receiver.url("/fixed"), eventType: "fixed", maxAttempts: 1 })
+      const broken = yield* insertRaw({ url: receiver.url("/broken"), eventType: "broken", maxAttempts: 1 })
+      const first = yield* startWorker()
+      for (const id of [fixed, broken]) yield* eventually(statusIs(id, "dead_letter"), "dead-lettered")
+      yield* first
+      expect(receiver.requests).toHaveLength(2)
+
+      // The partner fixed one endpoint; the operator resets both rows by hand, as the guide says.
+      partnerFixed = true
+      yield* sql`UPDATE webhook_delivery_queue SET status = 'pending' WHERE status = 'dead_letter'`
+      // Due at once, not when the last claim's lease would have ended.
+      const [due] = yield* sql<{ due: boolean }>`SELECT bool_and(next_retry_at <= now()) AS due FROM webhook_delivery_queue`
+      expect(due!.due).toBe(true)
+      const stop = yield* startWorker()
+      yield* eventually(statusIs(fixed, "delivered"), "delivered after the manual retry")
+      yield* eventually(Effect.map(rows, (all) => (receiver.requests.length === 4) || undefined), "the broken one attempted again")
+      yield* eventually(statusIs(broken, "dead_letter"), "dead-lettered again")
+      yield* stop
+      const byType = yield* rows
+      // One attempt each, never counted past max_attempts; each one sent again under its own webhook-id.
+      expect(byType.get("fixed")).toMatchObject({ status: "delivered", attempt_count: 1 })
+      expect(byType.get("broken")).toMatchObject({ status: "dead_letter", attempt_count: 1, last_response_status: 500 })
+      expect(byType.get("broken")!.last_error).not.toMatch(/no attempts left/)
+      expect(receiver.requests.map((r) => r.headers["webhook-id"]).filter((id) => id === fixed)).toHaveLength(2)
+    })))
+
   it.live("a result PostgreSQL refuses does not hold back the others: it is stored without its response body", () =>
     withDb(Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient

@@ -5,6 +5,8 @@ import { ConfigInvalid } from "./AppConfig.js"
 /**
  * Parses an env file as systemd's EnvironmentFile= and dotenv read it: `KEY=value` lines,
  * optional `export `, `#` comments, single or double quotes (double quotes honour \n, \" and \\).
+ * More forgiving than systemd in two ways, dotenv's: `export ` is allowed, and an unquoted value
+ * ends at ` #` (systemd keeps the rest as part of the value).
  */
 export const parseEnvFile = (text: string, source: string): Map<string, string> | ConfigInvalid => {
   const vars = new Map<string, string>()

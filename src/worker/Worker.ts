@@ -57,15 +57,29 @@ export class WorkerIdentity extends Context.Tag("webhook-worker/WorkerIdentity")
 
 export { TraceDeliveries }
 
+/**
+ * The trace flags of an external parent, under the key @effect/opentelemetry's tracer reads them
+ * by (its `OtelTraceFlags` tag): without them it takes every remote parent as sampled, and a
+ * producer's "not sampled" (`-00`) would be traced anyway. A tag of the same key, so that this
+ * module does not load the OpenTelemetry SDK when tracing is off; the `-00` test guards the key.
+ */
+const OtelTraceFlags = Context.GenericTag<{ readonly _: "OtelTraceFlags" }, number>("@effect/opentelemetry/Tracer/OtelTraceFlags")
+
 /** A span link to the producer's span, from the traceparent stored at enqueue. */
 export const producerLink = (traceparent: string | null): ReadonlyArray<Tracer.SpanLink> => {
   if (traceparent === null) return []
   const match = /^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/.exec(traceparent)
   if (match === null) return []
   const [, traceId, spanId, flags] = match as unknown as [string, string, string, string]
+  const traceFlags = parseInt(flags, 16)
   return [{
     _tag: "SpanLink",
-    span: Tracer.externalSpan({ traceId, spanId, sampled: (parseInt(flags, 16) & 1) === 1 }),
+    span: Tracer.externalSpan({
+      traceId,
+      spanId,
+      sampled: (traceFlags & 1) === 1,
+      context: Context.make(OtelTraceFlags, traceFlags)
+    }),
     attributes: { "webhook.link": "producer" }
   }]
 }

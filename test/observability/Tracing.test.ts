@@ -140,6 +140,29 @@ describe("delivery traces", () => {
       )))
     })))
 
+  it.live("a producer's not-sampled traceparent (-00) is honoured: its attempts are not recorded, and the receiver is told -00 in the producer's trace", () =>
+    scoped(Effect.gen(function*() {
+      const exporter = new InMemorySpanExporter()
+      yield* Effect.gen(function*() {
+        const receiver = yield* makeReceiver
+        const unsampled = { traceId: hex(16), spanId: hex(8) }
+        const sampled = { traceId: hex(16), spanId: hex(8) }
+        const quiet = yield* enqueue({ url: receiver.url("/quiet"), traceparent: `00-${unsampled.traceId}-${unsampled.spanId}-00` })
+        const loud = yield* enqueue({ url: receiver.url("/loud"), traceparent: `00-${sampled.traceId}-${sampled.spanId}-01` })
+        const { stop } = yield* start(workerLayer({ metrics: metrics() }))
+        for (const id of [quiet, loud]) yield* eventually(statusIs(id, "delivered"), "delivered")
+        yield* stop
+        const spans = exporter.getFinishedSpans()
+        const traceIds = new Set(spans.map((span) => span.spanContext().traceId))
+        expect(traceIds.has(unsampled.traceId)).toBe(false)
+        expect(spans.some((span) => span.attributes["webhook.id"] === quiet)).toBe(false)
+        expect(spans.some((span) => span.name === "webhook.deliver" && span.attributes["webhook.id"] === loud)).toBe(true)
+        const header = (path: string) => String(receiver.requests.find((r) => r.path === path)!.headers.traceparent)
+        expect(header("/quiet")).toMatch(new RegExp(`^00-${unsampled.traceId}-[0-9a-f]{16}-00$`))
+        expect(header("/loud")).toMatch(new RegExp(`^00-${sampled.traceId}-[0-9a-f]{16}-01$`))
+      }).pipe(Effect.provide(Telemetry.layerWith({ serviceName: "webhook-worker-test", exporter, processor: "simple" })))
+    })))
+
   it.live("spans are exported over OTLP/HTTP to a collector, and the receiver's traceparent is one of them", () =>
     scoped(Effect.gen(function*() {
       const collector = yield* makeCollector

@@ -57,12 +57,28 @@ export interface QueueOptions {
 const traceparentOf = (span: Tracer.AnySpan): string => `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`
 
 /**
+ * Whether a span descends from one of the caller's: an external parent, or a span other than
+ * @effect/sql's own (`sql.transaction` from `withTransaction`, which every transaction opens,
+ * whether or not the app traces anything).
+ */
+const underCallerSpan = (span: Tracer.Span): boolean => {
+  let parent = span.parent
+  while (Option.isSome(parent)) {
+    const ancestor = parent.value
+    if (ancestor._tag === "ExternalSpan" || !ancestor.name.startsWith("sql.")) return true
+    parent = ancestor.parent
+  }
+  return false
+}
+
+/**
  * The producer's trace context: our enqueue span, when the caller is inside a span of its own.
- * A span we opened at the root would tie the delivery to a trace nobody else is part of.
+ * A span we opened at the root, or under a bare transaction, would tie the delivery to a trace
+ * nobody else is part of.
  */
 const producerTraceparent = Effect.map(
   Effect.option(Effect.currentSpan),
-  (span) => Option.isSome(span) && Option.isSome(span.value.parent) ? traceparentOf(span.value) : undefined
+  (span) => Option.isSome(span) && underCallerSpan(span.value) ? traceparentOf(span.value) : undefined
 )
 
 /** The service over a captured SqlClient; the statements still run on the caller's connection. */

@@ -193,7 +193,7 @@ describe("Effect API: WebhookQueue on the host's SqlClient", () => {
       expect(receiver.requests.map((request) => request.headers["webhook-id"])).toEqual([dflt.id])
     })))
 
-  it.live("captures the caller's span as the producer's traceparent (none outside a span; an explicit one wins)", () =>
+  it.live("captures the caller's span as the producer's traceparent (none outside a span, a bare transaction included; an explicit one wins)", () =>
     inHost(Effect.gen(function*() {
       const destination = { url: "http://127.0.0.1:9/never", secret: SECRET }
       const request: EnqueueRequest = { destination, eventType: "a.b", payload: {}, deliverAfter: "1 hour" }
@@ -205,6 +205,15 @@ describe("Effect API: WebhookQueue on the host's SqlClient", () => {
       const untraced = yield* WebhookQueue.enqueue(request)
       const explicit = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
       const given = yield* WebhookQueue.enqueue({ ...request, traceparent: explicit }).pipe(Effect.withSpan("other"))
+      // withTransaction opens a span of @effect/sql's own: that alone is not the caller's span...
+      const sql = yield* SqlClient.SqlClient
+      const bareTransaction = yield* sql.withTransaction(WebhookQueue.enqueue(request))
+      // ...while a transaction inside the caller's span is still under it.
+      const { handler, inTransaction } = yield* Effect.gen(function*() {
+        const handler = yield* Effect.currentSpan
+        const inTransaction = yield* sql.withTransaction(WebhookQueue.enqueue(request))
+        return { handler, inTransaction }
+      }).pipe(Effect.withSpan("POST /refunds"))
 
       const rows = new Map((yield* queueRows).map((row) => [row.id, row]))
       const traceparent = rows.get(enqueued.id)!.traceparent!
@@ -213,6 +222,8 @@ describe("Effect API: WebhookQueue on the host's SqlClient", () => {
       expect(traceparent.split("-")[2]).not.toBe(outer.spanId)
       expect(rows.get(untraced.id)!.traceparent).toBeNull()
       expect(rows.get(given.id)!.traceparent).toBe(explicit)
+      expect(rows.get(bareTransaction.id)!.traceparent).toBeNull()
+      expect(rows.get(inTransaction.id)!.traceparent).toMatch(new RegExp(`^00-${handler.traceId}-[0-9a-f]{16}-0[01]$`))
     })))
 
   it.live("works on a host PgClient that renames result columns (transformResultNames)", () =>

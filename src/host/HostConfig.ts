@@ -149,14 +149,22 @@ export const resolve = (source: SettingsSource = {}): Effect.Effect<AppSettings,
     const provider = code !== undefined && base !== undefined
       ? ConfigProvider.orElse(code, () => base)
       : code ?? base ?? ConfigProvider.fromMap(new Map())
+    // Settings from code alone name options throughout, cross-checks too (a retryBaseDelay above
+    // the default retryMaxDelay fails on the latter, which the host never set).
+    const codeOnly = fromCode !== undefined && source.config === undefined
     return yield* load.pipe(
       Effect.withConfigProvider(forHost(provider)),
-      Effect.mapError((error) =>
-        fromCode?.has(error.variable) === true
-          ? new ConfigInvalid({ variable: OPTION_OF.get(error.variable) ?? error.variable, reason: error.reason })
-          : error
-      )
+      Effect.mapError((error) => (codeOnly || fromCode?.has(error.variable) === true ? inCodeTerms(error) : error))
     )
+  })
+
+const VARIABLE_NAMES = new RegExp(`\\b(${[...OPTION_OF.keys()].join("|")})\\b`, "g")
+
+/** The error with the options' names for the variables', in its reason as well. */
+const inCodeTerms = (error: ConfigInvalid) =>
+  new ConfigInvalid({
+    variable: OPTION_OF.get(error.variable) ?? error.variable,
+    reason: error.reason.replace(VARIABLE_NAMES, (name) => OPTION_OF.get(name) ?? name)
   })
 
 /** Fails without an encryption key, naming the option when the settings came from code only. */
@@ -165,9 +173,5 @@ export const requireKey = (
   source: SettingsSource = {}
 ): Effect.Effect<Redacted.Redacted<string>, ConfigInvalid> =>
   Effect.suspend((): Effect.Effect<Redacted.Redacted<string>, ConfigInvalid> => requireEncryptionKey(settings)).pipe(
-    Effect.mapError((error) =>
-      source.config === undefined && source.settings !== undefined
-        ? new ConfigInvalid({ variable: OPTION_OF.get(error.variable) ?? error.variable, reason: error.reason })
-        : error
-    )
+    Effect.mapError((error) => (source.config === undefined && source.settings !== undefined ? inCodeTerms(error) : error))
   )

@@ -44,12 +44,15 @@ export class WebhookQueue extends Context.Tag("webhook-worker/WebhookQueue")<Web
 export interface QueueOptions {
   /**
    * Encrypts the URL+secret deliveries' secrets at rest; the worker decrypts them with the same
-   * key. Default: WEBHOOK_SECRET_ENCRYPTION_KEY from `config` or the current ConfigProvider.
+   * key. Default: WEBHOOK_SECRET_ENCRYPTION_KEY, read as `config` says.
    */
   readonly encryptionKey?: string | Redacted.Redacted<string> | undefined
-  /** `maxAttempts` of a request that gives none. Default: WEBHOOK_MAX_ATTEMPTS, else 5. */
+  /** `maxAttempts` of a request that gives none. Default: WEBHOOK_MAX_ATTEMPTS, read as `config` says, else 5. */
   readonly defaultMaxAttempts?: number | undefined
-  /** Where to read the variables above when they are not given here. */
+  /**
+   * Where to read the variables for the options not given here. Without it: the current
+   * ConfigProvider when no option is given at all, and nothing (the defaults) once one is.
+   */
   readonly config?: ConfigProvider.ConfigProvider | undefined
 }
 

@@ -275,6 +275,11 @@ describe("Effect API: configuration", () => {
       expect(badBatch).toMatchObject({ _tag: "ConfigInvalid", variable: "batchSize" })
       const badLease = yield* Layer.build(WebhookWorker.layer({ settings: { ...fastWorker, lease: "1 second" } })).pipe(Effect.scoped, Effect.flip)
       expect(badLease).toMatchObject({ _tag: "ConfigInvalid", variable: "lease" })
+      expect(badLease.message).not.toMatch(/[A-Z]{2,}_[A-Z_]+/)
+      // A cross-check fails on the option the host did not set, named as an option all the same.
+      const slowRetry = yield* Layer.build(WebhookWorker.layer({ settings: { encryptionKey: TEST_KEY, retryBaseDelay: "7 hours" } })).pipe(Effect.scoped, Effect.flip)
+      expect(slowRetry).toMatchObject({ _tag: "ConfigInvalid", variable: "retryMaxDelay" })
+      expect(slowRetry.message).toBe("retryMaxDelay: must be at least retryBaseDelay (25200s), got 21600s")
       // From a provider, the variable is named; options overlay the provider.
       const fromProvider = yield* Layer.build(WebhookWorker.layer({
         config: provider({ WORKER_BATCH_SIZE: "lots" }),

@@ -227,7 +227,8 @@ const dispatch = (agent: Agent, url: URL, attempt: HttpAttempt, onReply: (reply:
 export const clientSpanAttributes = (url: URL): Record<string, unknown> => ({
   "http.request.method": "POST",
   "server.address": url.hostname,
-  ...(url.port !== "" ? { "server.port": Number(url.port) } : {}),
+  // Required by the HTTP semantic conventions: the scheme's default when the URL names none.
+  "server.port": url.port !== "" ? Number(url.port) : url.protocol === "https:" ? 443 : 80,
   "url.scheme": url.protocol.slice(0, -1),
   "url.full": `${url.protocol}//${url.host}/…`
 })

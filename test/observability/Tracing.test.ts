@@ -10,6 +10,7 @@ import * as Log from "../../src/observability/Log.js"
 import * as Metrics from "../../src/observability/Metrics.js"
 import * as Telemetry from "../../src/observability/TelemetrySdk.js"
 import * as TelemetryConfig from "../../src/observability/Telemetry.js"
+import { clientSpanAttributes } from "../../src/http/DeliveryHttp.js"
 import { TraceDeliveries } from "../../src/worker/Worker.js"
 import { spawnCli } from "../utils/Cli.js"
 import { makeModuleProbe } from "../utils/ModuleProbe.js"
@@ -162,6 +163,18 @@ describe("delivery traces", () => {
         expect(header("/loud")).toMatch(new RegExp(`^00-${sampled.traceId}-[0-9a-f]{16}-01$`))
       }).pipe(Effect.provide(Telemetry.layerWith({ serviceName: "webhook-worker-test", exporter, processor: "simple" })))
     })))
+
+  it("the http.client span names the server's port, the scheme's default when the URL gives none, and never the path", () => {
+    expect(clientSpanAttributes(new URL("https://hooks.example.com/in/T0KEN?k=1"))).toEqual({
+      "http.request.method": "POST",
+      "server.address": "hooks.example.com",
+      "server.port": 443,
+      "url.scheme": "https",
+      "url.full": "https://hooks.example.com/…"
+    })
+    expect(clientSpanAttributes(new URL("http://hooks.example.com/in"))["server.port"]).toBe(80)
+    expect(clientSpanAttributes(new URL("http://10.0.0.7:8080/in"))).toMatchObject({ "server.port": 8080, "url.full": "http://10.0.0.7:8080/…" })
+  })
 
   it.live("spans are exported over OTLP/HTTP to a collector, and the receiver's traceparent is one of them", () =>
     scoped(Effect.gen(function*() {

@@ -68,8 +68,7 @@ GRANT SELECT ON webhook_worker_migrations TO webhook_worker;
 -- 3. `webhook-worker stats` calls this (PUBLIC has EXECUTE by default; granted explicitly for
 --    databases where that default was revoked).
 GRANT EXECUTE ON FUNCTION get_webhook_queue_stats() TO webhook_worker;
--- 4. The worker claims and records through these (migrations/0003_claim_functions.sql, 0004_claim_plans.sql,
---    0005_manual_retry.sql); they run
+-- 4. The worker claims and records through these (migrations/0003_claim_functions.sql, 0004_claim_plans.sql); they run
 --    with the caller's rights, so the table grants above still decide what they may touch.
 GRANT EXECUTE ON FUNCTION webhook_claim_deliveries(text, double precision, integer) TO webhook_worker;
 GRANT EXECUTE ON FUNCTION webhook_enqueue_deliveries(uuid[], text[], uuid[], text[], text[], text[], text[], integer[], double precision[], timestamptz[], text[], text[]) TO webhook_worker;

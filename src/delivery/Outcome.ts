@@ -168,7 +168,7 @@ export const describe = (outcome: AttemptOutcome): string | null => {
     case "EndpointDisabled":
       return `endpoint disabled: ${outcome.reason}`
     case "AttemptsExhausted":
-      return `no attempts left: attempt ${outcome.attempts} was started by a worker that lost its lease (crash?), its outcome is unknown`
+      return `no attempts left: attempt ${outcome.attempts} was cut short (its worker crashed, lost its lease or stopped during it), its outcome is unknown`
     case "WorkerDefect":
       return `internal error: ${outcome.detail}`
   }

@@ -417,7 +417,13 @@ export const run = Effect.gen(function*() {
         Effect.tap((rows) =>
           Effect.sync(() => {
             const claimedMs = performance.now()
-            for (const row of rows) ahead.put(row, claimedMs)
+            // A row with no attempts left is dead-lettered at once: it needs no slot, and handed
+            // back from the queue ahead its attempt, which this claim did not count, would be
+            // uncounted and sent once more than max_attempts.
+            for (const row of rows) {
+              if (row.exhausted) begin(row)
+              else ahead.put(row, claimedMs)
+            }
             startAhead()
           })
         )

@@ -255,36 +255,77 @@ describe("every outcome of SPEC.md, end to end", () => {
       expect(secrets[0]!.secret).toMatch(/^enc:v1:/)
     })))
 
-  it.live("the guide's manual retry (UPDATE … SET status = 'pending' on a dead letter) gets one more attempt: delivered, or dead-lettered again", () =>
+  it.live("the guide's manual retry (UPDATE … SET status = 'pending' on a dead letter) is dlq retry's: a fresh attempt budget, due at once", () =>
     withDb(Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
       const receiver = yield* makeReceiver
       let partnerFixed = false
       receiver.respond = (request) => (request.path === "/fixed" && partnerFixed ? { status: 200 } : { status: 500 })
       const fixed = yield* insertRaw({ url: receiver.url("/fixed"), eventType: "fixed", maxAttempts: 1 })
-      const broken = yield* insertRaw({ url: receiver.url("/broken"), eventType: "broken", maxAttempts: 1 })
+      const broken = yield* insertRaw({ url: receiver.url("/broken"), eventType: "broken", maxAttempts: 2 })
       const first = yield* startWorker()
       for (const id of [fixed, broken]) yield* eventually(statusIs(id, "dead_letter"), "dead-lettered")
       yield* first
-      expect(receiver.requests).toHaveLength(2)
+      const sent = (path: string) => receiver.requests.filter((r) => r.path === path).length
+      expect([sent("/fixed"), sent("/broken")]).toEqual([1, 2])
 
       // The partner fixed one endpoint; the operator resets both rows by hand, as the guide says.
       partnerFixed = true
       yield* sql`UPDATE webhook_delivery_queue SET status = 'pending' WHERE status = 'dead_letter'`
-      // Due at once, not when the last claim's lease would have ended.
-      const [due] = yield* sql<{ due: boolean }>`SELECT bool_and(next_retry_at <= now()) AS due FROM webhook_delivery_queue`
-      expect(due!.due).toBe(true)
+      const reset = yield* sql<{ attempt_count: number; due: boolean; locked_by: string | null }>`
+        SELECT attempt_count, next_retry_at <= now() AS due, locked_by FROM webhook_delivery_queue`
+      // Due at once (not when the last claim's lease would have ended), every attempt back.
+      expect(reset).toEqual([{ attempt_count: 0, due: true, locked_by: null }, { attempt_count: 0, due: true, locked_by: null }])
       const stop = yield* startWorker()
       yield* eventually(statusIs(fixed, "delivered"), "delivered after the manual retry")
-      yield* eventually(Effect.map(rows, (all) => (receiver.requests.length === 4) || undefined), "the broken one attempted again")
-      yield* eventually(statusIs(broken, "dead_letter"), "dead-lettered again")
+      yield* eventually(Effect.map(statusIs(broken, "dead_letter"), (dead) => (dead && sent("/broken") === 4) || undefined), "the broken one's budget used again")
       yield* stop
       const byType = yield* rows
-      // One attempt each, never counted past max_attempts; each one sent again under its own webhook-id.
       expect(byType.get("fixed")).toMatchObject({ status: "delivered", attempt_count: 1 })
-      expect(byType.get("broken")).toMatchObject({ status: "dead_letter", attempt_count: 1, last_response_status: 500 })
+      expect(byType.get("broken")).toMatchObject({ status: "dead_letter", attempt_count: 2, last_response_status: 500 })
       expect(byType.get("broken")!.last_error).not.toMatch(/no attempts left/)
-      expect(receiver.requests.map((r) => r.headers["webhook-id"]).filter((id) => id === fixed)).toHaveLength(2)
+      expect(receiver.requests.filter((r) => r.headers["webhook-id"] === fixed)).toHaveLength(2)
+
+      // An UPDATE that sets the count or the time itself gets what it set.
+      yield* sql`UPDATE webhook_delivery_queue SET status = 'pending', attempt_count = 1, next_retry_at = now() + interval '1 hour' WHERE id = ${broken}`
+      const [kept] = yield* sql<{ attempt_count: number; later: boolean }>`
+        SELECT attempt_count, next_retry_at > now() + interval '59 minutes' AS later FROM webhook_delivery_queue WHERE id = ${broken}`
+      expect(kept).toEqual({ attempt_count: 1, later: true })
+    })))
+
+  it.live("never more than max_attempts sends: a last attempt cut short by shutdown is dead-lettered by the next worker, and one with no attempts left is not held ahead and handed back", () =>
+    withDb(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const receiver = yield* makeReceiver
+      let hang = true
+      receiver.respond = () => ({ status: 200, delayMs: hang ? 60_000 : 3000 })
+      // Shutdown after the grace period hands the running last attempt back, still counted.
+      const last = yield* insertRaw({ url: receiver.url("/last"), eventType: "last", maxAttempts: 1 })
+      const first = yield* startWorker({ shutdownGracePeriodMs: 200 })
+      yield* receiver.waitForRequests(1)
+      yield* first
+      const [handedBack] = yield* sql<{ status: string; attempt_count: number }>`SELECT status, attempt_count FROM webhook_delivery_queue WHERE id = ${last}`
+      expect(handedBack).toEqual({ status: "pending", attempt_count: 1 })
+
+      // One slot, held by a slow delivery, and an orphaned row with no attempts left claimed in
+      // the same batch: it is dead-lettered at once, not held for the slot and handed back.
+      hang = false
+      const slow = yield* insertRaw({ url: receiver.url("/slow"), eventType: "slow" })
+      const [orphan] = yield* sql<{ id: string }>`
+        INSERT INTO webhook_delivery_queue (url, secret, event_type, payload, status, attempt_count, max_attempts, locked_by, locked_until, next_retry_at)
+        VALUES (${receiver.url("/orphan")}, 's', 'orphan', '{}', 'processing', 2, 2, 'dead-worker', now() - interval '1 second', now())
+        RETURNING id::text`
+      const second = yield* startWorker({ maxConcurrentDeliveries: 1, deliveryTimeoutMs: 5000, leaseMs: 8000 })
+      yield* eventually(statusIs(last, "dead_letter"), "the cut-short last attempt dead-lettered")
+      yield* eventually(statusIs(orphan!.id, "dead_letter"), "the orphan dead-lettered")
+      // Past the 1.5 s a row may wait ahead for a slot ((lease − timeout) / 2), and the slow one done.
+      yield* eventually(statusIs(slow, "delivered"), "the slow one delivered", 10_000)
+      yield* second
+      const byType = yield* rows
+      expect(byType.get("last")!.last_error).toMatch(/^no attempts left: attempt 1 was cut short .*its outcome is unknown$/)
+      expect(byType.get("orphan")).toMatchObject({ status: "dead_letter", attempt_count: 2 })
+      // Neither was sent again.
+      expect(receiver.requests.map((r) => r.path)).toEqual(["/last", "/slow"])
     })))
 
   it.live("a result PostgreSQL refuses does not hold back the others: it is stored without its response body", () =>

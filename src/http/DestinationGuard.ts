@@ -94,6 +94,7 @@ const V6_BLOCKED: ReadonlyArray<Range> = [
   range("64:ff9b:1::/48", "local-use NAT64"),
   range("100::/64", "discard-only"),
   range("2001::/32", "Teredo"),
+  range("2001:2::/48", "benchmarking"),
   range("2001:db8::/32", "documentation"),
   range("3fff::/20", "documentation"),
   range("5f00::/16", "segment routing"),

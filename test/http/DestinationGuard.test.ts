@@ -35,6 +35,8 @@ const blocked = [
   ["2002:7f00:1::", "loopback (127.0.0.1 as 6to4)"],
   ["::127.0.0.1", "loopback (127.0.0.1 as IPv4-compatible)"],
   ["2001:db8::1", "documentation"],
+  ["2001:2::1", "benchmarking"],
+  ["2001:2:0:ffff::1", "benchmarking"],
   ["2001::1", "Teredo"]
 ] as const
 

@@ -104,11 +104,19 @@ export interface Preparation {
   readonly storeSecret: string | null
 }
 
+/** The row's own secret, decrypted (a plaintext one as it is); undefined for an endpoint's row. */
+const ownSecret = (row: ClaimedDelivery, keyring: Keyring) =>
+  row.secretFromRow && row.secret !== null && row.secret !== "" ? keyring.decrypt(row.secret) : undefined
+
+/** The row's own secret encrypted under the current key, when it is stored in plaintext or under an old key. */
+export const secretToStore = (row: ClaimedDelivery, keyring: Keyring, own = ownSecret(row, keyring)): string | null =>
+  own !== undefined && Either.isRight(own) && keyring.needsEncryption(row.secret!) ? keyring.encrypt(own.right) : null
+
 /** Everything about a row that can be judged before sending; a failure here is the attempt's outcome. */
 export const prepare = (row: ClaimedDelivery, keyring: Keyring): Preparation => {
   // Whatever becomes of the attempt, a producer's plaintext secret does not stay at rest.
-  const own = row.secretFromRow && row.secret !== null && row.secret !== "" ? keyring.decrypt(row.secret) : undefined
-  const storeSecret = own !== undefined && Either.isRight(own) && keyring.needsEncryption(row.secret!) ? keyring.encrypt(own.right) : null
+  const own = ownSecret(row, keyring)
+  const storeSecret = secretToStore(row, keyring, own)
   const fail = (outcome: AttemptOutcome): Preparation => ({ ready: Either.left(outcome), storeSecret })
   if (row.exhausted) return fail(new AttemptsExhausted({ attempts: row.maxAttempts }))
   if (row.endpointId !== null && row.endpointEnabled === false) {
@@ -352,6 +360,10 @@ export const run = Effect.gen(function*() {
 
   const handBack = (row: ClaimedDelivery) => {
     heldTooLong = true
+    // Claimed means encrypted at rest, attempted or not.
+    const keyring = Option.getOrUndefined(keyringOf(current))
+    const storeSecret = keyring === undefined ? null : secretToStore(row, keyring)
+    if (storeSecret !== null) completer.storeSecret({ id: row.id, secret: storeSecret, replaces: row.secret! })
     completer.release({ id: row.id, attempt: row.attempt, started: false })
   }
 

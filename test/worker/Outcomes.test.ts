@@ -328,6 +328,25 @@ describe("every outcome of SPEC.md, end to end", () => {
       expect(receiver.requests.map((r) => r.path)).toEqual(["/last", "/slow"])
     })))
 
+  it.live("a producer's plaintext secret is encrypted once claimed, even when the row is handed back unattempted", () =>
+    withDb(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const receiver = yield* makeReceiver
+      receiver.respond = () => ({ status: 200, delayMs: 60_000 })
+      const busy = yield* insertRaw({ url: receiver.url("/busy"), secret: "plain-busy-s3cret" })
+      const waiting = yield* insertRaw({ url: receiver.url("/waiting"), secret: "plain-waiting-s3cret" })
+      // One slot, held by the first row: the second waits in the worker, then goes back at shutdown.
+      const stop = yield* startWorker({ maxConcurrentDeliveries: 1, shutdownGracePeriodMs: 100 })
+      yield* receiver.waitForRequests(1)
+      yield* stop
+      const [row] = yield* sql<{ status: string; attempt_count: number; secret: string }>`
+        SELECT status, attempt_count, secret FROM webhook_delivery_queue WHERE id = ${waiting}`
+      expect(row).toMatchObject({ status: "pending", attempt_count: 0 })
+      expect(row!.secret).toMatch(/^enc:v1:/)
+      expect(keyring.decrypt(row!.secret)).toEqual(Either.right("plain-waiting-s3cret"))
+      expect(receiver.requests.map((r) => r.headers["webhook-id"])).toEqual([busy])
+    })))
+
   it.live("a result PostgreSQL refuses does not hold back the others: it is stored without its response body", () =>
     withDb(Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient

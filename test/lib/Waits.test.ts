@@ -25,6 +25,27 @@ describe("retryUntilDone (claims and result writes while the database is away)",
       expect(triedAt.slice(1).map((at, i) => at - triedAt[i]!)).toEqual([100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000])
     }))
 
+  it.effect("inside an uninterruptible region a try runs to its end, but the waits between tries give way to an interrupt", () =>
+    Effect.gen(function*() {
+      let tries = 0
+      let finished = 0
+      // Each try takes 1 s and fails: the database away.
+      const statement = Effect.gen(function*() {
+        tries++
+        yield* Effect.sleep(Duration.seconds(1))
+        finished++
+        return yield* Effect.fail(new Down())
+      })
+      const fiber = yield* Effect.fork(Effect.uninterruptible(retryUntilDone(statement, () => Effect.void)))
+      yield* TestClock.adjust(Duration.millis(500))
+      // Interrupted in the middle of the first try: the try finishes, then the wait gives way.
+      const interrupted = yield* Effect.fork(Fiber.interrupt(fiber))
+      yield* TestClock.adjust(Duration.seconds(1))
+      const exit = yield* Fiber.join(interrupted)
+      expect(exit._tag).toBe("Failure")
+      expect([tries, finished]).toEqual([1, 1])
+    }))
+
   it.effect("a statement that succeeds runs once, at once", () =>
     Effect.gen(function*() {
       let tries = 0

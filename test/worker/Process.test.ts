@@ -1,7 +1,7 @@
 import { it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
 import type { PgClient } from "@effect/sql-pg"
-import { Effect, Layer, type Scope } from "effect"
+import { Effect, Layer, Option, type Scope } from "effect"
 import { writeFileSync } from "node:fs"
 import { createConnection, createServer, type Socket } from "node:net"
 import { spawn } from "node:child_process"
@@ -48,7 +48,7 @@ const insertMany = (count: number, url: string) =>
  */
 const holdingProxy = (databaseUrl: string) =>
   Effect.acquireRelease(
-    Effect.async<{ url: string; held: () => number; release: () => void; close: () => void }>((resume) => {
+    Effect.async<{ url: string; held: () => number; release: () => void; cut: () => void; close: () => void }>((resume) => {
       const target = new URL(databaseUrl)
       const waiting: Array<Socket> = []
       const open = new Set<Socket>()
@@ -78,6 +78,11 @@ const holdingProxy = (databaseUrl: string) =>
           release: () => {
             holding = false
             for (const client of waiting.splice(0)) forward(client)
+          },
+          // The database gone: every connection dropped, new ones refused.
+          cut: () => {
+            for (const socket of [...waiting, ...open]) socket.destroy()
+            server.close()
           },
           close: () => {
             for (const socket of [...waiting, ...open]) socket.destroy()
@@ -245,6 +250,43 @@ describe("the worker process", () => {
       expect(yield* elsewhere.exited).toBe(1)
       expect(elsewhere.lines[0]).toMatch(/^webhook-worker: database error: /)
     })), 30_000)
+
+  it.live("SIGTERM while the database is away still stops the worker, exit 0: the claim's retries give way", () =>
+    withDb(Effect.gen(function*() {
+      const db = yield* TestDb
+      const proxy = yield* holdingProxy(db.url)
+      proxy.release()
+      const worker = yield* spawnCli(["run"], workerEnv(proxy.url, { WORKER_POLL_INTERVAL: "0.2" }))
+      yield* worker.waitForLine(/Worker started/)
+      proxy.cut()
+      yield* worker.waitForLine(/Claiming deliveries failed; retrying/, 15_000)
+      yield* worker.signal("SIGTERM")
+      const code = yield* worker.exited.pipe(Effect.timeoutOption("20 seconds"))
+      expect(code).toEqual(Option.some(0))
+      expect(worker.lines.some((line) => line.includes("Worker stopped"))).toBe(true)
+    })), 60_000)
+
+  it.live("SIGTERM with a result the database cannot take: after its 10 s the worker says so and exits 0, the row left to its lease", () =>
+    withDb(Effect.gen(function*() {
+      const db = yield* TestDb
+      const receiver = yield* makeReceiver
+      receiver.respond = () => ({ status: 200, delayMs: 500 })
+      const proxy = yield* holdingProxy(db.url)
+      proxy.release()
+      const worker = yield* spawnCli(["run"], workerEnv(proxy.url))
+      yield* worker.waitForLine(/Worker started/)
+      yield* insertMany(1, receiver.url())
+      yield* receiver.waitForRequests(1)
+      // The database goes while the receiver answers: the result has nowhere to go.
+      proxy.cut()
+      yield* worker.waitForLine(/Recording delivery results failed; retrying/, 15_000)
+      yield* worker.signal("SIGTERM")
+      const code = yield* worker.exited.pipe(Effect.timeoutOption("30 seconds"))
+      expect(code).toEqual(Option.some(0))
+      const unrecorded = worker.lines.find((line) => line.includes("Could not record every result before exit"))
+      expect(JSON.parse(unrecorded!)).toMatchObject({ level: "ERROR", unrecorded: 1 })
+      expect(yield* statusCounts).toEqual({ processing: 1 })
+    })), 60_000)
 
   it.live("SIGINT drains like SIGTERM: in-flight deliveries finish, the process exits 0 and leaves nothing claimed", () =>
     withDb(Effect.gen(function*() {

@@ -38,7 +38,11 @@ export const makePool = (options: DatabaseOptions): Pg.Pool => {
     max: options.maxConnections ?? WORKER_POOL_SIZE,
     idleTimeoutMillis: 30_000,
     connectionTimeoutMillis: Duration.toMillis(CONNECT_TIMEOUT),
-    application_name: options.applicationName ?? "webhook-worker"
+    application_name: options.applicationName ?? "webhook-worker",
+    // A connection the network dropped without a word (a failover, a NAT timeout) would leave a
+    // statement waiting on it forever; TCP keepalive probes find the dead peer and fail it.
+    keepAlive: true,
+    keepAliveInitialDelayMillis: 10_000
   })
   // An idle connection dropped by the server (a restart, a failover) is an "error" event on the
   // pool; unheard, Node would crash the process. The next query opens a new connection.

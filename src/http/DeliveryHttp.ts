@@ -15,6 +15,7 @@ import {
 import { parseRetryAfter } from "../delivery/RetryPolicy.js"
 import { memoizeBounded } from "../lib/Memo.js"
 import { BlockedAddressError, blockedReason, guardedLookup, literalAddress } from "./DestinationGuard.js"
+import { nameableScheme } from "../lib/UrlScheme.js"
 
 /** At most this much of a response body is kept (for the audit log); the rest is not read. */
 export const RESPONSE_BODY_LIMIT = 64 * 1024
@@ -59,7 +60,8 @@ const judgeUrl = (raw: string, allowPrivate: boolean): CheckedUrl => {
     return new InvalidUrl({ reason: "not a valid URL" })
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") {
-    return new InvalidUrl({ reason: `scheme ${url.protocol.slice(0, -1)} is not http or https` })
+    const scheme = nameableScheme(raw, url)
+    return new InvalidUrl({ reason: scheme === undefined ? "the scheme is not http or https" : `scheme ${scheme} is not http or https` })
   }
   if (url.hostname === "") return new InvalidUrl({ reason: "no host" })
   if (!allowPrivate) {

@@ -8,6 +8,7 @@ import * as Option from "effect/Option"
 import { randomBytes } from "node:crypto"
 import type { Keyring } from "../crypto/Keyring.js"
 import { memoizeBounded } from "../lib/Memo.js"
+import { nameableScheme } from "../lib/UrlScheme.js"
 
 /** Where a delivery goes: a URL with its signing secret, or a registered endpoint. */
 export type Destination =
@@ -127,9 +128,13 @@ export const validateUrl = memoizeBounded((raw: string): Either.Either<string, I
   try {
     url = new URL(raw)
   } catch {
-    return invalid("url", `"${raw.slice(0, 100)}" is not a valid URL`)
+    // The text stays out of the message: a URL can hold a token, and messages reach logs.
+    return invalid("url", "is not a valid URL (expected http:// or https:// and a host)")
   }
-  if (url.protocol !== "http:" && url.protocol !== "https:") return invalid("url", `scheme must be http or https, got ${url.protocol.slice(0, -1)}`)
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    const scheme = nameableScheme(raw, url)
+    return invalid("url", scheme === undefined ? "scheme must be http or https" : `scheme must be http or https, got ${scheme}`)
+  }
   return Either.right(raw)
 }, 1000)
 

@@ -1,8 +1,9 @@
 import { it } from "@effect/vitest"
-import { Effect, FastCheck as fc, Layer, Option } from "effect"
+import { Effect, Either, FastCheck as fc, Layer, Option } from "effect"
 import { describe, expect } from "vitest"
 import { blockedReason } from "../../src/http/DestinationGuard.js"
 import * as DeliveryHttp from "../../src/http/DeliveryHttp.js"
+import { validateUrl } from "../../src/queue/Enqueue.js"
 import { makeReceiver } from "../utils/Receiver.js"
 
 const blocked = [
@@ -126,5 +127,21 @@ describe("destination guard (SSRF)", () => {
     expect(DeliveryHttp.checkUrl("ftp://example.com/x", false)).toMatchObject({ _tag: "InvalidUrl", reason: "scheme ftp is not http or https" })
     expect(DeliveryHttp.checkUrl("https://user:pass@example.com/", false)).toBeInstanceOf(URL)
     expect(DeliveryHttp.redactUrl("https://user:pass@example.com/x")).toBe("https://***@example.com/x")
+  })
+
+  it("an unusable URL's message never repeats its text: a token in the path, a user and password without the //", () => {
+    const inputs = ["hooks.slack.com/services/T0001/B0001/sEcReTtOkEn123", "admin:hunter2@hooks.example.com/x", "https//alice:Pa55w0rd@hooks.example.com/x"]
+    for (const raw of inputs) {
+      const atDelivery = DeliveryHttp.checkUrl(raw, false)
+      expect(atDelivery).toMatchObject({ _tag: "InvalidUrl" })
+      const atEnqueue = validateUrl(raw)
+      expect(Either.isLeft(atEnqueue)).toBe(true)
+      for (const message of [(atDelivery as { reason: string }).reason, Either.isLeft(atEnqueue) ? atEnqueue.left.message : ""]) {
+        for (const secret of ["sEcReTtOkEn123", "T0001", "admin", "hunter2", "alice", "Pa55w0rd"]) expect(message).not.toContain(secret)
+      }
+    }
+    // A scheme written as one, with its //, is still named.
+    const ftp = validateUrl("ftp://files.example.com/in")
+    expect(Either.isLeft(ftp) && ftp.left.message).toBe("url: scheme must be http or https, got ftp")
   })
 })

@@ -13,7 +13,7 @@ import * as Tracer from "effect/Tracer"
 import { hostname } from "node:os"
 import { randomBytes } from "node:crypto"
 import { type AppSettings, requireEncryptionKey, Settings } from "../config/AppConfig.js"
-import { type Keyring, keyringOf } from "../crypto/Keyring.js"
+import { isEncrypted, type Keyring, keyringOf } from "../crypto/Keyring.js"
 import {
   type AttemptOutcome,
   AttemptsExhausted,
@@ -360,9 +360,10 @@ export const run = Effect.gen(function*() {
 
   const handBack = (row: ClaimedDelivery) => {
     heldTooLong = true
-    // Claimed means encrypted at rest, attempted or not.
+    // Claimed means encrypted at rest, attempted or not. Only plaintext: re-keying a value under
+    // an old key is for an attempt (or rotate-key), not for a row this worker did not touch.
     const keyring = Option.getOrUndefined(keyringOf(current))
-    const storeSecret = keyring === undefined ? null : secretToStore(row, keyring)
+    const storeSecret = keyring === undefined || row.secret === null || isEncrypted(row.secret) ? null : secretToStore(row, keyring)
     if (storeSecret !== null) completer.storeSecret({ id: row.id, secret: storeSecret, replaces: row.secret! })
     completer.release({ id: row.id, attempt: row.attempt, started: false })
   }

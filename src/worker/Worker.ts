@@ -162,6 +162,16 @@ const AHEAD_RECHECK_MS = 1000
 const AHEAD_MAX_WAIT_MS = 2000
 
 /**
+ * An attempt ends this long before its row's lease at the latest (the lease is counted from
+ * when the claim came back, a round trip after the database started it), and is not begun with
+ * less than MIN_ATTEMPT_MS of lease left: the row goes back to the queue instead. With settings
+ * unchanged since the claim neither binds: the lease outlasts the timeout, and a row waits ahead
+ * at most half the difference.
+ */
+const LEASE_MARGIN_MS = 100
+const MIN_ATTEMPT_MS = 250
+
+/**
  * How many claims the loop makes at once: two while rows wait (the last claims came back full)
  * and the free slots can take two batches, else one. One claim at a time takes at most a batch
  * per round trip, and a busy database makes that the limit at small batch sizes: at the default
@@ -177,8 +187,15 @@ const claimsAtOnce = (backlog: boolean, freeSlots: number, batchSize: number): 1
  * a batch and a half beyond its slots, so each claim is a full batch and a freed slot starts the
  * next row at once instead of waiting for a claim's round trip.
  */
+interface AheadEntry {
+  readonly row: ClaimedDelivery
+  readonly claimedMs: number
+  /** When the lease this row was claimed under runs out (performance.now() time). */
+  readonly leaseEndMs: number
+}
+
 class ClaimedAhead {
-  private rows: Array<{ readonly row: ClaimedDelivery; readonly claimedMs: number }> = []
+  private rows: Array<AheadEntry> = []
   private head = 0
   get size(): number {
     return this.rows.length - this.head
@@ -186,10 +203,10 @@ class ClaimedAhead {
   oldestClaimedMs(): number | undefined {
     return this.rows[this.head]?.claimedMs
   }
-  put(row: ClaimedDelivery, claimedMs: number): void {
-    this.rows.push({ row, claimedMs })
+  put(entry: AheadEntry): void {
+    this.rows.push(entry)
   }
-  take(): { readonly row: ClaimedDelivery; readonly claimedMs: number } | undefined {
+  take(): AheadEntry | undefined {
     if (this.head >= this.rows.length) return undefined
     const entry = this.rows[this.head++]!
     // Compact now and then, so taking stays O(1) without the array growing forever.
@@ -276,8 +293,14 @@ export const run = Effect.gen(function*() {
 
   const nowNanos = () => clock.unsafeCurrentTimeNanos()
 
-  const begin = (row: ClaimedDelivery) => {
+  const begin = (row: ClaimedDelivery, leaseEndMs: number) => {
     const s = current
+    // Bounded by the lease the row was claimed under, not by today's settings: after a reload
+    // that raised DELIVERY_TIMEOUT, a row claimed under the old lease must not still be in flight
+    // when that lease runs out (another worker would send it again).
+    const leaseLeftMs = leaseEndMs - performance.now() - LEASE_MARGIN_MS
+    if (leaseLeftMs < MIN_ATTEMPT_MS && !row.exhausted) return handBack(row)
+    const timeoutMs = Math.min(s.deliveryTimeoutMs, leaseLeftMs)
     const attempt: Attempt = { row, startedMs: performance.now(), settings: s, span: tracing ? startSpan(tracer, nowNanos(), row) : undefined, cancel: noCancel, done: false }
     attempts.add(attempt)
     try {
@@ -295,7 +318,7 @@ export const run = Effect.gen(function*() {
         "webhook-signature": signatureHeader(ready.right.secrets, row.id, timestamp, body),
         "user-agent": userAgent
       }
-      const request = { url: ready.right.url, body, timeoutMs: s.deliveryTimeoutMs, allowPrivateNetworks: s.allowPrivateNetworks, headers }
+      const request = { url: ready.right.url, body, timeoutMs, allowPrivateNetworks: s.allowPrivateNetworks, headers }
       if (attempt.span === undefined) {
         attempt.cancel = http.start(request, (reply) => settle(attempt, reply))
         return
@@ -380,7 +403,10 @@ export const run = Effect.gen(function*() {
     try {
       const staleBefore = performance.now() - maxWaitMs()
       while (ahead.size > 0 && ahead.oldestClaimedMs()! < staleBefore) handBack(ahead.take()!.row)
-      while (ahead.size > 0 && attempts.size < current.maxConcurrentDeliveries) begin(ahead.take()!.row)
+      while (ahead.size > 0 && attempts.size < current.maxConcurrentDeliveries) {
+        const entry = ahead.take()!
+        begin(entry.row, entry.leaseEndMs)
+      }
     } finally {
       starting = false
     }
@@ -421,7 +447,8 @@ export const run = Effect.gen(function*() {
       }
       const limit = current.batchSize
       heldTooLong = false
-      const claimOnce = retryUntilDone(queue.claim(workerId, limit, current.leaseMs), (error) =>
+      const leaseMs = current.leaseMs
+      const claimOnce = retryUntilDone(queue.claim(workerId, limit, leaseMs), (error) =>
         // Retrying on purpose (database down) is not a stuck loop: /healthz stays green, /readyz says why.
         Effect.sync(() => metrics.loopHeartbeat()).pipe(
           Effect.zipRight(Effect.logWarning("Claiming deliveries failed; retrying")),
@@ -430,12 +457,13 @@ export const run = Effect.gen(function*() {
         Effect.tap((rows) =>
           Effect.sync(() => {
             const claimedMs = performance.now()
+            const leaseEndMs = claimedMs + leaseMs
             // A row with no attempts left is dead-lettered at once: it needs no slot, and handed
             // back from the queue ahead its attempt, which this claim did not count, would be
             // uncounted and sent once more than max_attempts.
             for (const row of rows) {
-              if (row.exhausted) begin(row)
-              else ahead.put(row, claimedMs)
+              if (row.exhausted) begin(row, leaseEndMs)
+              else ahead.put({ row, claimedMs, leaseEndMs })
             }
             startAhead()
           })

@@ -1,6 +1,6 @@
 import { SqlClient } from "@effect/sql"
 import { type Context, Duration, Effect, Exit, Layer, Option, Redacted, Scope } from "effect"
-import { type AppSettings, Settings } from "../../src/config/AppConfig.js"
+import { type AppSettings, defaults, Settings } from "../../src/config/AppConfig.js"
 import * as DeliveryHttp from "../../src/http/DeliveryHttp.js"
 import * as Log from "../../src/observability/Log.js"
 import * as Metrics from "../../src/observability/Metrics.js"
@@ -28,6 +28,8 @@ export interface HarnessOptions {
   readonly metrics?: Metrics.WorkerMetrics
   /** Receives every log line the worker writes (JSON); lines are dropped otherwise. */
   readonly logs?: Array<string>
+  /** Read at every settings read, over `overrides`: a reload (SIGHUP) while the worker runs. */
+  readonly reloaded?: () => Partial<AppSettings>
   /** Wraps the real SQL queue (to inject a fault into one of its operations). */
   readonly wrapQueue?: (queue: Context.Tag.Service<typeof DeliveryQueue>) => Context.Tag.Service<typeof DeliveryQueue>
 }
@@ -43,7 +45,9 @@ export const workerLayer = (overrides: Partial<AppSettings> = {}, options: Harne
       Wakeup.layerListen,
       options.metrics ? Layer.succeed(Metrics.Metrics, options.metrics) : Metrics.layerDetached,
       Worker.WorkerIdentity.layer(1),
-      Settings.layer(testSettings(overrides))
+      options.reloaded === undefined
+        ? Settings.layer(testSettings(overrides))
+        : Layer.succeed(Settings, { get: Effect.sync(() => ({ ...defaults, ...testSettings(overrides), ...options.reloaded!() })) })
     )),
     Layer.provide(Log.layer("json", new Log.LogThreshold("DEBUG"), {
       write: (line) => {

@@ -3,11 +3,11 @@ import { SqlClient } from "@effect/sql"
 import type { PgClient } from "@effect/sql-pg"
 import { Effect, Either, Layer, type Scope } from "effect"
 import { describe, expect } from "vitest"
-import { decodeEncryptionKey } from "../../src/config/AppConfig.js"
+import { type AppSettings, decodeEncryptionKey } from "../../src/config/AppConfig.js"
 import { Keyring } from "../../src/crypto/Keyring.js"
 import { makeReceiver } from "../utils/Receiver.js"
 import { layerPg } from "../utils/TestDatabase.js"
-import { eventually, insertRaw, type QueueRow, startWorker, statusIs, TEST_KEY } from "../utils/WorkerHarness.js"
+import { eventually, insertRaw, type QueueRow, rowById, startWorker, statusIs, TEST_KEY } from "../utils/WorkerHarness.js"
 
 const withDb = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient | PgClient.PgClient | Scope.Scope>) =>
   effect.pipe(Effect.provide(Layer.fresh(layerPg)), Effect.scoped)
@@ -345,6 +345,35 @@ describe("every outcome of SPEC.md, end to end", () => {
       expect(row!.secret).toMatch(/^enc:v1:/)
       expect(keyring.decrypt(row!.secret)).toEqual(Either.right("plain-waiting-s3cret"))
       expect(receiver.requests.map((r) => r.headers["webhook-id"])).toEqual([busy])
+    })))
+
+  it.live("a reload that raises DELIVERY_TIMEOUT does not let a row claimed under the old lease stay in flight past it", () =>
+    withDb(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const receiver = yield* makeReceiver
+      receiver.respond = (request) => ({ status: 200, delayMs: request.path === "/first" ? 1000 : 30_000 })
+      yield* insertRaw({ url: receiver.url("/first"), eventType: "first" })
+      const late = yield* insertRaw({ url: receiver.url("/late"), eventType: "late" })
+      // One slot and a 5 s lease: the second row waits ahead while the first is sent.
+      let reloaded: Partial<AppSettings> = {}
+      const stop = yield* startWorker({ maxConcurrentDeliveries: 1, deliveryTimeoutMs: 2000, leaseMs: 5000 }, { reloaded: () => reloaded })
+      yield* receiver.waitForRequests(1)
+      // The reload: attempts may take 60 s now, and new claims get a 240 s lease.
+      reloaded = { deliveryTimeoutMs: 60_000, leaseMs: 240_000 }
+      yield* eventually(Effect.sync(() => receiver.requests.some((r) => r.path === "/late") || undefined), "the late row sent")
+      // The late row's attempt ends before its 5 s lease does, recorded by this worker as a
+      // timeout (not lost to another worker's claim of an expired lease).
+      const settledAt = yield* eventually(
+        Effect.map(rowById(late), (row) => (row.status === "failed" ? Date.now() : undefined)),
+        "the late attempt cut at its lease",
+        10_000
+      )
+      const sentAt = receiver.requests.find((r) => r.path === "/late")!.at
+      expect(settledAt - sentAt).toBeLessThan(5000)
+      yield* stop
+      const [row] = yield* sql<{ attempt_count: number; last_error: string }>`SELECT attempt_count, last_error FROM webhook_delivery_queue WHERE id = ${late}`
+      expect(row!.attempt_count).toBe(1)
+      expect(row!.last_error).toMatch(/timed out|timeout/i)
     })))
 
   it.live("a result PostgreSQL refuses does not hold back the others: it is stored without its response body", () =>

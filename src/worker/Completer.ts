@@ -58,6 +58,20 @@ interface Written {
  * one statement records a linger's worth of attempts (or more), never a few stragglers. A failed
  * write (database restart) is retried with backoff; the results stay queued meanwhile.
  */
+/**
+ * The longest run of results from the front, at most `max`, with no row twice. The statement
+ * joins its audit rows and a 410's endpoint-disable on the row id, so two results for one row
+ * in one statement (a worker that re-claimed its own expired row while the old result waited)
+ * would both be logged, and the stale one's 410 would count; apart, the stale one is refused by
+ * the attempt guard alone.
+ */
+const distinctPrefix = (completions: ReadonlyArray<Completion>, max: number): ReadonlyArray<Completion> => {
+  const ids = new Set<string>()
+  let end = 0
+  while (end < completions.length && end < max && !ids.has(completions[end]!.id)) ids.add(completions[end++]!.id)
+  return completions.slice(0, end)
+}
+
 export const make = (options: CompleterOptions) =>
   Effect.gen(function*() {
     const queue = yield* DeliveryQueue
@@ -137,7 +151,7 @@ export const make = (options: CompleterOptions) =>
           releases.splice(0, batch.length)
         }
         if (completions.length > 0) {
-          const batch = completions.slice(0, MAX_BATCH)
+          const batch = distinctPrefix(completions, MAX_BATCH)
           const { recorded, refused } = yield* writeCompletions(batch, options.audit()).pipe(traceWrite(batch))
           completions.splice(0, batch.length)
           if (recorded.size + refused.length < batch.length) {

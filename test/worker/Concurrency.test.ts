@@ -6,7 +6,8 @@ import { describe, expect } from "vitest"
 import { decodeEncryptionKey } from "../../src/config/AppConfig.js"
 import { Keyring } from "../../src/crypto/Keyring.js"
 import { insertRows, toRow } from "../../src/queue/Enqueue.js"
-import type { DeliveryQueue } from "../../src/queue/DeliveryQueue.js"
+import { type Completion, DeliveryQueue } from "../../src/queue/DeliveryQueue.js"
+import * as Completer from "../../src/worker/Completer.js"
 import { makeReceiver } from "../utils/Receiver.js"
 import { layerPg } from "../utils/TestDatabase.js"
 import { eventually, startWorker, TEST_KEY } from "../utils/WorkerHarness.js"
@@ -132,6 +133,38 @@ describe("workers sharing one queue", () => {
       const logged = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM webhook_delivery_log`
       expect(logged[0]!.n).toBe(4)
     })), 30_000)
+
+  it.live("a stale result and a current one for the same row, waiting together: only the current one is recorded and logged", () =>
+    withDb(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const [row] = yield* sql<{ id: string }>`
+        INSERT INTO webhook_delivery_queue (url, secret, event_type, payload, status, attempt_count, locked_by, locked_until, next_retry_at)
+        VALUES ('https://example.com/h', 's', 'e', '{}', 'processing', 2, 'w1', now() + interval '1 minute', now() + interval '1 minute')
+        RETURNING id::text`
+      const result = (attempt: number): Completion => ({
+        id: row!.id, attempt, status: "delivered", retryDelayMs: null, responseStatus: 200, error: null,
+        reason: "delivered", responseBody: `attempt ${attempt}`, durationMs: 1, disableEndpoint: null
+      })
+      const recorded: Array<number> = []
+      const lost: Array<number> = []
+      yield* Effect.gen(function*() {
+        const completer = yield* Completer.make({
+          workerId: "w1",
+          audit: () => true,
+          onLeaseLost: (batch) => Effect.sync(() => lost.push(...batch.map((c) => c.attempt))),
+          onRecorded: (batch) => Effect.sync(() => recorded.push(...batch.map((c) => c.attempt)))
+        })
+        // The worker's own expired lease on attempt 1, re-claimed as attempt 2: both results wait.
+        completer.record(result(1))
+        completer.record(result(2))
+        yield* completer.drain
+      }).pipe(Effect.provide(DeliveryQueue.layer), Effect.scoped)
+      expect(recorded).toEqual([2])
+      expect(lost).toEqual([1])
+      const logged = yield* sql<{ attempt: number; response_body: string }>`
+        SELECT attempt, response_body FROM webhook_delivery_log WHERE delivery_id = ${row!.id}`
+      expect(logged).toEqual([{ attempt: 2, response_body: "attempt 2" }])
+    })))
 
   it.live("an idempotency key queues one delivery per destination; a repeat returns the first id", () =>
     withDb(Effect.gen(function*() {

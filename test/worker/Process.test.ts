@@ -68,6 +68,11 @@ const holdingProxy = (databaseUrl: string) =>
           waiting.push(client)
         } else forward(client)
       })
+      // The database gone: every connection dropped, new ones refused.
+      const cut = () => {
+        for (const socket of [...waiting, ...open]) socket.destroy()
+        server.close()
+      }
       server.listen(0, "127.0.0.1", () => {
         const address = server.address() as { port: number }
         const url = new URL(databaseUrl)
@@ -79,15 +84,8 @@ const holdingProxy = (databaseUrl: string) =>
             holding = false
             for (const client of waiting.splice(0)) forward(client)
           },
-          // The database gone: every connection dropped, new ones refused.
-          cut: () => {
-            for (const socket of [...waiting, ...open]) socket.destroy()
-            server.close()
-          },
-          close: () => {
-            for (const socket of [...waiting, ...open]) socket.destroy()
-            server.close()
-          }
+          cut,
+          close: cut
         }))
       })
     }),

@@ -151,12 +151,14 @@ export const resolve = (source: SettingsSource = {}): Effect.Effect<AppSettings,
       : code ?? base ?? ConfigProvider.fromMap(new Map())
     // Settings from code alone name options throughout, cross-checks too (a retryBaseDelay above
     // the default retryMaxDelay fails on the latter, which the host never set).
-    const codeOnly = fromCode !== undefined && source.config === undefined
     return yield* load.pipe(
       Effect.withConfigProvider(forHost(provider)),
-      Effect.mapError((error) => (codeOnly || fromCode?.has(error.variable) === true ? inCodeTerms(error) : error))
+      Effect.mapError((error) => (fromCodeOnly(source) || fromCode?.has(error.variable) === true ? inCodeTerms(error) : error))
     )
   })
+
+/** Every setting comes from `settings` (or its default): errors then name options, not variables. */
+const fromCodeOnly = (source: SettingsSource) => source.settings !== undefined && source.config === undefined
 
 const VARIABLE_NAMES = new RegExp(`\\b(${[...OPTION_OF.keys()].join("|")})\\b`, "g")
 
@@ -173,5 +175,5 @@ export const requireKey = (
   source: SettingsSource = {}
 ): Effect.Effect<Redacted.Redacted<string>, ConfigInvalid> =>
   Effect.suspend((): Effect.Effect<Redacted.Redacted<string>, ConfigInvalid> => requireEncryptionKey(settings)).pipe(
-    Effect.mapError((error) => (source.config === undefined && source.settings !== undefined ? inCodeTerms(error) : error))
+    Effect.mapError((error) => (fromCodeOnly(source) ? inCodeTerms(error) : error))
   )

@@ -53,12 +53,6 @@ interface Written {
 }
 
 /**
- * Group commit for attempt results: a result waits LINGER for others, results that arrive while
- * a write is under way wait for the next linger, and the next write takes them all, so under load
- * one statement records a linger's worth of attempts (or more), never a few stragglers. A failed
- * write (database restart) is retried with backoff; the results stay queued meanwhile.
- */
-/**
  * The longest run of results from the front, at most `max`, with no row twice. The statement
  * joins its audit rows and a 410's endpoint-disable on the row id, so two results for one row
  * in one statement (a worker that re-claimed its own expired row while the old result waited)
@@ -72,6 +66,12 @@ const distinctPrefix = (completions: ReadonlyArray<Completion>, max: number): Re
   return completions.slice(0, end)
 }
 
+/**
+ * Group commit for attempt results: a result waits LINGER for others, results that arrive while
+ * a write is under way wait for the next linger, and the next write takes them all, so under load
+ * one statement records a linger's worth of attempts (or more), never a few stragglers. A failed
+ * write (database restart) is retried with backoff; the results stay queued meanwhile.
+ */
 export const make = (options: CompleterOptions) =>
   Effect.gen(function*() {
     const queue = yield* DeliveryQueue

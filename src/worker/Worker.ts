@@ -104,19 +104,11 @@ export interface Preparation {
   readonly storeSecret: string | null
 }
 
-/** The row's own secret, decrypted (a plaintext one as it is); undefined for an endpoint's row. */
-const ownSecret = (row: ClaimedDelivery, keyring: Keyring) =>
-  row.secretFromRow && row.secret !== null && row.secret !== "" ? keyring.decrypt(row.secret) : undefined
-
-/** The row's own secret encrypted under the current key, when it is stored in plaintext or under an old key. */
-export const secretToStore = (row: ClaimedDelivery, keyring: Keyring, own = ownSecret(row, keyring)): string | null =>
-  own !== undefined && Either.isRight(own) && keyring.needsEncryption(row.secret!) ? keyring.encrypt(own.right) : null
-
 /** Everything about a row that can be judged before sending; a failure here is the attempt's outcome. */
 export const prepare = (row: ClaimedDelivery, keyring: Keyring): Preparation => {
   // Whatever becomes of the attempt, a producer's plaintext secret does not stay at rest.
-  const own = ownSecret(row, keyring)
-  const storeSecret = secretToStore(row, keyring, own)
+  const own = row.secretFromRow && row.secret !== null && row.secret !== "" ? keyring.decrypt(row.secret) : undefined
+  const storeSecret = own !== undefined && Either.isRight(own) && keyring.needsEncryption(row.secret!) ? keyring.encrypt(own.right) : null
   const fail = (outcome: AttemptOutcome): Preparation => ({ ready: Either.left(outcome), storeSecret })
   if (row.exhausted) return fail(new AttemptsExhausted({ attempts: row.maxAttempts }))
   if (row.endpointId !== null && row.endpointEnabled === false) {
@@ -293,20 +285,24 @@ export const run = Effect.gen(function*() {
 
   const nowNanos = () => clock.unsafeCurrentTimeNanos()
 
+  // Written only if the row still holds the value it was claimed with.
+  const storeEncrypted = (row: ClaimedDelivery, secret: string) => completer.storeSecret({ id: row.id, secret, replaces: row.secret! })
+
   const begin = (row: ClaimedDelivery, leaseEndMs: number) => {
     const s = current
     // Bounded by the lease the row was claimed under, not by today's settings: after a reload
     // that raised DELIVERY_TIMEOUT, a row claimed under the old lease must not still be in flight
     // when that lease runs out (another worker would send it again).
-    const leaseLeftMs = leaseEndMs - performance.now() - LEASE_MARGIN_MS
+    const startedMs = performance.now()
+    const leaseLeftMs = leaseEndMs - startedMs - LEASE_MARGIN_MS
     if (leaseLeftMs < MIN_ATTEMPT_MS && !row.exhausted) return handBack(row)
     const timeoutMs = Math.min(s.deliveryTimeoutMs, leaseLeftMs)
-    const attempt: Attempt = { row, startedMs: performance.now(), settings: s, span: tracing ? startSpan(tracer, nowNanos(), row) : undefined, cancel: noCancel, done: false }
+    const attempt: Attempt = { row, startedMs, settings: s, span: tracing ? startSpan(tracer, nowNanos(), row) : undefined, cancel: noCancel, done: false }
     attempts.add(attempt)
     try {
       const keyring = Option.getOrThrowWith(keyringOf(s), () => new Error("WEBHOOK_SECRET_ENCRYPTION_KEY is not set"))
       const { ready, storeSecret } = prepare(row, keyring)
-      if (storeSecret !== null) completer.storeSecret({ id: row.id, secret: storeSecret, replaces: row.secret! })
+      if (storeSecret !== null) storeEncrypted(row, storeSecret)
       if (Either.isLeft(ready)) return settle(attempt, { outcome: ready.left, responseBody: null })
       // Encoded once: the signature and the socket then take the same bytes, with no
       // conversion of their own (undici would measure and encode a string again).
@@ -386,8 +382,9 @@ export const run = Effect.gen(function*() {
     // Claimed means encrypted at rest, attempted or not. Only plaintext: re-keying a value under
     // an old key is for an attempt (or rotate-key), not for a row this worker did not touch.
     const keyring = Option.getOrUndefined(keyringOf(current))
-    const storeSecret = keyring === undefined || row.secret === null || isEncrypted(row.secret) ? null : secretToStore(row, keyring)
-    if (storeSecret !== null) completer.storeSecret({ id: row.id, secret: storeSecret, replaces: row.secret! })
+    if (keyring !== undefined && row.secretFromRow && row.secret !== null && row.secret !== "" && !isEncrypted(row.secret)) {
+      storeEncrypted(row, keyring.encrypt(row.secret))
+    }
     completer.release({ id: row.id, attempt: row.attempt, started: false })
   }
 
